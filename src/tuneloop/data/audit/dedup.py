@@ -1,0 +1,134 @@
+"""Duplicates as clusters: exact (normalised text), near (MinHash LSH, re-verified), semantic."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from tuneloop.data.audit.findings import Finding
+from tuneloop.data.audit.neighbours import knn
+from tuneloop.data.audit.records import Record
+from tuneloop.data.audit.text import jaccard, ngrams, normalise
+
+SHINGLE = 5  # word 5-grams, as in the near-duplicate literature (Broder; Lee et al. 2022)
+
+
+def clusters(n: int, pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """Connected components of size >= 2 over index pairs, each sorted, ordered by first index."""
+    pairs = list(pairs)
+    if not pairs:
+        return []
+    a, b = np.array(pairs, dtype=np.int64).T
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, c in enumerate(comp):
+        groups[int(c)].append(i)
+    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+
+
+def exact_pairs(keys: list[str]) -> list[tuple[int, int]]:
+    """Pairs (first, other) of items whose normalised keys are identical."""
+    first: dict[str, int] = {}
+    out = []
+    for i, k in enumerate(keys):
+        nk = normalise(k)
+        if nk in first:
+            out.append((first[nk], i))
+        else:
+            first[nk] = i
+    return out
+
+
+def shingle_sets(texts: list[str]) -> list[set[str]]:
+    return [ngrams(t, SHINGLE) for t in texts]
+
+
+def minhashes(shingles: list[set[str]], num_perm: int, seed: int = 1) -> list[MinHash]:
+    # bulk() shares one permutation table across all sets: much faster than one MinHash each.
+    return MinHash.bulk([[s.encode() for s in sh] for sh in shingles],
+                        num_perm=num_perm, seed=seed)
+
+
+def near_pairs(texts: list[str], threshold: float, num_perm: int = 128,
+               ) -> list[tuple[int, int, float]]:
+    """Pairs whose true word-5-gram Jaccard is >= threshold; LSH proposes, Jaccard decides."""
+    sh = shingle_sets(texts)
+    hashes = minhashes(sh, num_perm)
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    out = []
+    for i, m in enumerate(hashes):
+        if not sh[i]:
+            continue
+        for j in lsh.query(m):
+            score = jaccard(sh[i], sh[j])  # LSH has false positives: re-verify exactly
+            if score >= threshold:
+                out.append((j, i, round(score, 3)))
+        lsh.insert(i, m)
+    return out
+
+
+def semantic_pairs(emb: np.ndarray, threshold: float, k: int = 10,
+                   ) -> list[tuple[int, int, float]]:
+    """Pairs with cosine >= threshold among each row's k nearest neighbours."""
+    sims, idx = knn(emb, k)
+    out = {}
+    for i in range(len(emb)):
+        for s, j in zip(sims[i], idx[i], strict=True):
+            if s < threshold:
+                break
+            a, b = sorted((i, int(j)))
+            out[(a, b)] = round(float(s), 3)
+    return [(a, b, s) for (a, b), s in sorted(out.items())]
+
+
+def _cluster_evidence(recs: list[Record], groups: list[list[int]], limit: int = 50) -> list:
+    return [{"ids": [recs[i].id for i in g], "keep": recs[g[0]].id,
+             "text": recs[g[0]].input[:200]} for g in groups[:limit]]
+
+
+def duplicate_findings(recs: list[Record], near_threshold: float, num_perm: int,
+                       emb: np.ndarray | None, semantic_threshold: float) -> list[Finding]:
+    """Exact, near and semantic duplicate clusters; each later check skips what earlier found."""
+    n = len(recs)
+    out = []
+    exact = clusters(n, exact_pairs([r.input + "\x1f" + r.output for r in recs]))
+    if exact:
+        extra = [recs[i].id for g in exact for i in g[1:]]
+        out.append(Finding("duplicates.exact", "warning", [recs[i].id for g in exact for i in g],
+                           f"{len(exact)} groups of identical records; {len(extra)} copies add "
+                           "nothing but weight", {"clusters": _cluster_evidence(recs, exact),
+                                                  "redundant": extra}))
+    same = {frozenset(g) for g in exact}
+    near = [g for g in clusters(n, [(a, b) for a, b, _ in near_pairs(
+        [r.input for r in recs], near_threshold, num_perm)]) if frozenset(g) not in same]
+    if near:
+        out.append(Finding("duplicates.near", "warning", [recs[i].id for g in near for i in g],
+                           f"{len(near)} clusters of near-duplicate inputs (word 5-gram Jaccard "
+                           f">= {near_threshold})", {"clusters": _cluster_evidence(recs, near),
+                                                    "threshold": near_threshold}))
+    if emb is not None:
+        covered = {frozenset(g) for g in exact + near}
+        seen = {i for g in exact + near for i in g}
+        sem = [g for g in clusters(n, [(a, b) for a, b, _ in semantic_pairs(
+            emb, semantic_threshold)]) if frozenset(g) not in covered and not set(g) <= seen]
+        if sem:
+            out.append(Finding(
+                "duplicates.semantic", "info", [recs[i].id for g in sem for i in g],
+                f"{len(sem)} clusters of inputs that say the same thing in other words "
+                f"(cosine >= {semantic_threshold})",
+                {"clusters": _cluster_evidence(recs, sem), "threshold": semantic_threshold}))
+    return out
+
+
+def duplicate_groups(recs: list[Record], near_threshold: float, num_perm: int = 128,
+                     ) -> list[list[int]]:
+    """Clusters of exact or near duplicate inputs (indices into recs), for fix and split."""
+    pairs = exact_pairs([r.input for r in recs])
+    pairs += [(a, b) for a, b, _ in near_pairs([r.input for r in recs], near_threshold, num_perm)]
+    return clusters(len(recs), pairs)

@@ -1,0 +1,63 @@
+"""Format checks: OpenAI's chat-format checks plus ours, every problem with file:line."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from tuneloop.data.audit.findings import Finding
+from tuneloop.data.audit.records import AuditSet
+from tuneloop.data.schema import ROLES
+
+MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id"}
+
+
+def chat_problems(row: dict[str, Any]) -> list[str]:
+    """Every problem of one chat record (the Normaliser stops at the first one)."""
+    msgs = row.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        return ["missing 'messages' list (expected a non-empty list of {role, content})"]
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            out.append(f"messages[{i}] is {type(m).__name__}, expected an object")
+            continue
+        unknown = sorted(set(m) - MESSAGE_KEYS)
+        if unknown:
+            out.append(f"messages[{i}] has unknown keys {unknown}")
+        if "role" not in m:
+            out.append(f"messages[{i}] has no 'role'")
+        elif m["role"] not in ROLES:
+            out.append(f"messages[{i}].role {m['role']!r} is not one of {list(ROLES)}")
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if not isinstance(content, str) or not content.strip():
+            out.append(f"messages[{i}] has missing or empty content")
+    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs):
+        out.append("no assistant turn (expected at least one message with role 'assistant')")
+    return out
+
+
+def format_findings(aset: AuditSet) -> list[Finding]:
+    """One error finding listing every invalid row, and one for repeated record ids."""
+    findings = []
+    if aset.problems:
+        where = [{"id": r.id, "where": f"{aset.path.name}:{r.line}", "problem": p}
+                 for r, p in aset.problems]
+        ids = list(dict.fromkeys(r.id for r, _ in aset.problems))
+        findings.append(Finding(
+            "format", "error", ids,
+            f"{len(ids)} of {len(aset.records)} records are invalid and cannot be trained on "
+            f"({len(where)} problems)", {"problems": where}))
+    counts = Counter(r.id for r in aset.records)
+    repeated = [i for i, c in counts.items() if c > 1]
+    if repeated:
+        lines = {i: [f"{aset.path.name}:{r.line}" for r in aset.records if r.id == i]
+                 for i in repeated[:50]}
+        findings.append(Finding("format.duplicate_id", "error", repeated,
+                                f"{len(repeated)} record ids appear more than once",
+                                {"where": lines}))
+    if not aset.records:
+        findings.append(Finding("format.empty", "error", [], "the file has no records"))
+    return findings

@@ -1,0 +1,97 @@
+"""Labels: distribution and imbalance, suspected mislabels (cleanlab), kNN outliers."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+
+import numpy as np
+
+from tuneloop.data.audit.findings import Finding
+from tuneloop.data.audit.neighbours import knn
+from tuneloop.data.audit.records import Record
+
+IQR_K = 1.7  # outlier fence Q3 + 1.7 IQR, as the issue asks (a little wider than Tukey's 1.5)
+
+
+def distribution_findings(recs: list[Record], labels: list[str] | None,
+                          min_count: int, max_ratio: float = 10.0) -> list[Finding]:
+    """Counts per label, imbalance ratio, and classes with too few examples."""
+    counts = Counter(r.label for r in recs if r.label is not None)
+    for name in labels or []:
+        counts.setdefault(name, 0)
+    if not counts:
+        return []
+    ratio = max(counts.values()) / max(1, min(counts.values()))
+    out = [Finding("labels.distribution", "info", [],
+                   f"{len(counts)} labels, {min(counts.values())} to {max(counts.values())} "
+                   f"examples each (imbalance ratio {ratio:.1f})",
+                   {"counts": dict(counts.most_common()), "imbalance_ratio": round(ratio, 2)})]
+    if ratio > max_ratio:
+        out.append(Finding("labels.imbalance", "warning", [],
+                           f"the largest class has {ratio:.1f}x the examples of the smallest",
+                           {"imbalance_ratio": round(ratio, 2)}))
+    rare = {k: v for k, v in counts.items() if v < min_count}
+    if rare:
+        ids = [r.id for r in recs if r.label in rare]
+        out.append(Finding("labels.rare_class", "warning", ids,
+                           f"{len(rare)} classes have fewer than {min_count} examples",
+                           {"classes": rare, "min_count": min_count}))
+    return out
+
+
+def out_of_fold_probs(emb: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Out-of-fold class probabilities of a logistic regression on the embeddings."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    clf = LogisticRegression(max_iter=300, C=10.0)
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # rare classes trigger fold-size warnings; we report them
+        warnings.simplefilter("ignore")
+        return cross_val_predict(clf, emb, y, cv=cv, method="predict_proba")
+
+
+def mislabel_findings(recs: list[Record], emb: np.ndarray, seed: int = 0) -> list[Finding]:
+    """Records whose given label a classifier confidently disagrees with (cleanlab)."""
+    from cleanlab.filter import find_label_issues
+
+    names = sorted({r.label for r in recs if r.label is not None})
+    keep = [i for i, r in enumerate(recs) if r.label is not None]
+    if len(names) < 2 or len(keep) < 30:
+        return []
+    y = np.array([names.index(recs[i].label) for i in keep])
+    folds = int(min(5, max(2, np.bincount(y).min())))
+    probs = out_of_fold_probs(emb[keep], y, folds, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        issues = find_label_issues(y, probs, filter_by="both",
+                                   return_indices_ranked_by="self_confidence")
+    if len(issues) == 0:
+        return []
+    ev = {recs[keep[i]].id: {"given": names[y[i]], "suggested": names[int(probs[i].argmax())],
+                             "confidence": round(float(probs[i].max()), 3)}
+          for i in issues[:200]}
+    return [Finding("labels.mislabel", "warning", [recs[keep[i]].id for i in issues],
+                    f"{len(issues)} records look mislabelled (cleanlab on out-of-fold "
+                    "probabilities of a classifier on MiniLM embeddings); review them",
+                    {"suspects": ev})]
+
+
+def outlier_findings(recs: list[Record], emb: np.ndarray, k: int = 5) -> list[Finding]:
+    """Records far from all others: mean cosine distance to k neighbours above Q3 + 1.7 IQR."""
+    if len(recs) <= k + 3:
+        return []
+    sims, _ = knn(emb, k)
+    dist = 1.0 - sims.mean(axis=1)
+    q1, q3 = np.percentile(dist, [25, 75])
+    fence = q3 + IQR_K * (q3 - q1)
+    idx = np.argsort(-dist)
+    idx = [int(i) for i in idx if dist[i] > fence]
+    if not idx:
+        return []
+    return [Finding("labels.outlier", "info", [recs[i].id for i in idx],
+                    f"{len(idx)} records are far from every other record (kNN distance above "
+                    f"Q3 + {IQR_K} IQR = {fence:.3f}); off-topic or garbled?",
+                    {"fence": round(float(fence), 4),
+                     "examples": {recs[i].id: recs[i].input[:120] for i in idx[:30]}})]

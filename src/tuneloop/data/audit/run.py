@@ -1,0 +1,120 @@
+"""Run every check on one file (plus the files it must not leak into) and score the result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneloop.config import Config
+from tuneloop.data.audit import conflicts, dedup, format_checks, hygiene, labels, leakage, pii
+from tuneloop.data.audit.findings import Finding, sort_findings
+from tuneloop.data.audit.lengths import length_findings, token_lengths
+from tuneloop.data.audit.records import read_set
+from tuneloop.data.audit.score import recommend, score
+
+
+@dataclass
+class AuditOptions:
+    """Thresholds of the checks; the defaults suit 100-10,000 short records."""
+
+    near_threshold: float = 0.7  # word 5-gram Jaccard for near duplicates
+    semantic_threshold: float = 0.95  # MiniLM cosine for paraphrases
+    num_perm: int = 128  # MinHash permutations
+    min_per_class: int = 10
+    embeddings: bool = True  # semantic duplicates, mislabels and outliers need MiniLM
+    seed: int = 0
+
+
+@dataclass
+class AuditReport:
+    """What the audit found: the JSON of the issue, plus what the data card draws."""
+
+    path: Path
+    records: int
+    score: int
+    findings: list[Finding]
+    recommendation: dict[str, Any]
+    lengths: list[int] = field(default_factory=list)
+    label_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(f.severity == "error" for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"records": self.records, "score": self.score,
+                "findings": [f.to_dict() for f in self.findings],
+                "recommendation": self.recommendation}
+
+
+def against_files(path: Path, cfg: Config, extra: list[str | Path]) -> list[Path]:
+    """--against files plus the config's validation/test files (other than the audited one)."""
+    out = [Path(p) for p in extra]
+    for p in (cfg.data.validation, cfg.data.test):
+        if p and Path(p).exists() and Path(p).resolve() != path.resolve():
+            out.append(Path(p))
+    return list(dict.fromkeys(out))
+
+
+def run_audit(path: str | Path, cfg: Config, against: list[str | Path] = (),
+              opts: AuditOptions | None = None, tokenizer: Any | None = None,
+              progress: bool = False) -> AuditReport:
+    """Audit one data file; never raises on bad records (they become findings)."""
+    from tuneloop.console import progress as bar
+
+    opts = opts or AuditOptions()
+    path = Path(path)
+    aset = read_set(path, cfg.data, cfg.task)
+    recs = aset.valid
+    others = [(p, read_set(p, cfg.data, cfg.task).valid) for p in against_files(path, cfg, against)]
+    findings = format_checks.format_findings(aset)
+    classification = cfg.task.type == "classification" or (
+        bool(recs) and all(r.label is not None for r in recs))
+    with bar(disable=not progress) as pb:
+        task = pb.add_task("audit", total=7)
+        emb, other_emb = None, {}
+        if opts.embeddings and recs:
+            from tuneloop.embed import embed
+
+            pb.update(task, description="audit: embeddings")
+            emb = embed([r.input for r in recs])
+            other_emb = {p: embed([o.input for o in rs]) for p, rs in others}
+        pb.update(task, advance=1, description="audit: duplicates")
+        findings += dedup.duplicate_findings(recs, opts.near_threshold, opts.num_perm, emb,
+                                             opts.semantic_threshold)
+        findings += conflicts.conflict_findings(recs, opts.near_threshold, opts.num_perm)
+        pb.update(task, advance=1, description="audit: leakage")
+        for p, rs in others:
+            findings += leakage.leakage_findings(recs, rs, p, opts.near_threshold, opts.num_perm,
+                                                 emb, other_emb.get(p), opts.semantic_threshold)
+        pb.update(task, advance=1, description="audit: lengths")
+        lengths, unit = token_lengths(recs, tokenizer)
+        findings += length_findings(recs, lengths, unit, cfg.model.max_seq_len, classification)
+        pb.update(task, advance=1, description="audit: labels")
+        if classification:
+            findings += labels.distribution_findings(recs, cfg.task.labels, opts.min_per_class)
+            if emb is not None:
+                findings += labels.mislabel_findings(recs, emb, opts.seed)
+        if emb is not None:
+            findings += labels.outlier_findings(recs, emb)
+        pb.update(task, advance=1, description="audit: pii and hygiene")
+        rows = [(r.id, {k: v for k, v in r.data.items() if k != "id"})
+                for r in aset.records if r.data is not None]
+        findings += pii.pii_findings(rows)
+        findings += hygiene.hygiene_findings(rows)
+        pb.update(task, advance=2, description="audit: done")
+    total, drivers = score(findings, len(aset.records))
+    findings = sort_findings(findings)
+    why = ", ".join(f"{d['check']} -{d['points']:g}" for d in drivers[:5]) or "no problems found"
+    findings.append(Finding("score", "info", [], f"score {total}/100: {why}",
+                            {"drivers": drivers}))
+    redundant = sum(len(g) - 1 for g in dedup.duplicate_groups(recs, opts.near_threshold,
+                                                                opts.num_perm))
+    capped = [min(n, cfg.model.max_seq_len) for n in lengths] if unit == "tokens" else lengths
+    rec = recommend(len(recs) - redundant, float(np.mean(capped)) if capped else 0.0, unit)
+    counts = next((f.evidence["counts"] for f in findings if f.check == "labels.distribution"),
+                  {})
+    return AuditReport(path, len(aset.records), total, findings, rec, lengths, counts)
