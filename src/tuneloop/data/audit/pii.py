@@ -16,8 +16,8 @@ SSN = re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")
 IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{1,4})*")
 # A separator is required between groups so that plain long numbers (ids, amounts) do not match.
-PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])"
-                   r"\d{3,4}[ .-]\d{3,4}\b")
+PHONE = re.compile(r"(?<![\w+])(?<!\d[ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])"
+                   r"\d{3,4}[ .-]\d{3,4}\b(?![ .-]?\d)")
 KINDS = ("email", "credit_card", "iban", "ssn", "ip_address", "phone")
 
 
