@@ -1,0 +1,155 @@
+"""Inject known faults into real banking77 data and print precision/recall per audit check.
+
+Faults: exact duplicates (case/space changed), paraphrase-level near duplicates, label flips,
+PII (six kinds), train/test leaks (exact and perturbed), over-long records.
+Run: .venv/bin/python benchmarks/audit_quality.py [--n 1000] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _banking77 import banking77  # noqa: E402
+
+from tuneloop.config import parse_config  # noqa: E402
+from tuneloop.data.audit import run_audit  # noqa: E402
+from tuneloop.models.load import load_tokenizer, resolve_model  # noqa: E402
+
+# Synthetic PII only (documentation test numbers and reserved ranges), never real people.
+PII = {"email": "my email is {name}@example.com",
+       "phone": "call me on +44 20 7946 {d4}",
+       "credit_card": "my card number is 4539 1488 0343 6467",
+       "iban": "send it to GB82 WEST 1234 5698 7654 32",
+       "ip_address": "my ip is 203.0.113.{d2}",
+       "ssn": "my ssn is 123-45-{d4}"}
+
+
+def paraphrase(text: str, rng: random.Random) -> str:
+    """A light rewrite: polite framing, case, punctuation and a word or two changed."""
+    swaps = {"card": "debit card", "money": "funds", "account": "bank account",
+             "my": "my own", "can": "could", "how": "how exactly", "why": "for what reason"}
+    words = text.rstrip("?.!").split()
+    hits = [i for i, w in enumerate(words) if w.lower() in swaps]
+    if hits:
+        i = rng.choice(hits)
+        words[i] = swaps[words[i].lower()]
+    out = " ".join(words)
+    return rng.choice(["Hi, {}?", "{} please", "Hello! {}", "{}, thanks"]).format(out)
+
+
+def edit(text: str, rng: random.Random) -> str:
+    """A copy-paste-level change: one word appended, or the final punctuation changed."""
+    t = text.rstrip("?.! ")
+    return rng.choice([t + " please?", t + "!!", t + " now?", "so " + t + "?"])
+
+
+def pr(found: set[str], truth: set[str], allowed: set[str] | None = None) -> str:
+    """Recall over truth; precision over flagged ids (those in `allowed` also count as right)."""
+    ok = truth | (allowed or set())
+    rec = len(found & truth) / len(truth) if truth else float("nan")
+    prec = len(found & ok) / len(found) if found else float("nan")
+    return f"recall {rec:.2f}  precision {prec:.2f}  (flagged {len(found)}, injected {len(truth)})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    train = banking77("train")
+    rng.shuffle(train)
+    test = banking77("test")
+    rng.shuffle(test)
+    test = test[:300]
+    labels = sorted({lab for _, lab in train})
+    rows = [{"id": f"r{i}", "text": t, "label": lab} for i, (t, lab) in enumerate(train[:args.n])]
+    base = list(rows)
+    truth: dict[str, set[str]] = {k: set() for k in ("exact", "near_edit", "near_para", "flip",
+                                                     "leak_exact", "leak_edit", "leak_para",
+                                                     "long")}
+    # Rows that get mutated (flips, PII, length) are drawn first and never used as sources of
+    # copies, so an injected copy stays an exact copy of what is in the file.
+    order = rng.sample(base, len(base))
+    flips, pii_rows, longs, sources = order[:30], order[30:90], order[90:100], order[100:]
+    originals: set[str] = set()
+    for k in range(30):
+        src = sources[k]
+        rows.append({"id": f"exact{k}", "text": "  " + src["text"].upper() + " ",
+                     "label": src["label"]})
+        truth["exact"].add(f"exact{k}")
+    for k in range(30):
+        src = sources[30 + k]
+        kind = "near_edit" if k % 2 == 0 else "near_para"
+        text = edit(src["text"], rng) if kind == "near_edit" else paraphrase(src["text"], rng)
+        rows.append({"id": f"{kind}{k}", "text": text, "label": src["label"]})
+        truth[kind].add(f"{kind}{k}")
+        originals.add(src["id"])
+    for src in flips:
+        src["label"] = rng.choice([x for x in labels if x != src["label"]])
+        truth["flip"].add(src["id"])
+    pii_truth: dict[str, set[str]] = {k: set() for k in PII}
+    for k, src in enumerate(pii_rows):
+        kind = list(PII)[k % len(PII)]
+        src["text"] += " " + PII[kind].format(name=f"user{k}", d4=f"{1000 + k}", d2=k % 250)
+        pii_truth[kind].add(src["id"])
+    for k, (t, lab) in enumerate(test[:30]):
+        kind = ("leak_exact", "leak_edit", "leak_para")[k % 3]
+        text = {"leak_exact": t.lower(), "leak_edit": edit(t, rng),
+                "leak_para": paraphrase(t, rng)}[kind]
+        rows.append({"id": f"{kind}{k}", "text": text, "label": lab})
+        truth[kind].add(f"{kind}{k}")
+    for src in longs:
+        src["text"] = " ".join([src["text"]] * 80)
+        truth["long"].add(src["id"])
+    rng.shuffle(rows)
+    with tempfile.TemporaryDirectory() as d:
+        tr, te = Path(d) / "train.jsonl", Path(d) / "test.jsonl"
+        tr.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        te.write_text("".join(json.dumps({"id": f"t{i}", "text": t, "label": lab}) + "\n"
+                              for i, (t, lab) in enumerate(test)))
+        cfg = parse_config({"data": {"train": str(tr), "test": str(te)},
+                            "task": {"type": "classification", "labels": labels},
+                            "model": {"max_seq_len": 1024}})
+        tok = load_tokenizer(resolve_model("smollm2-135m-instruct"))
+        report = run_audit(tr, cfg, tokenizer=tok)
+    flagged: dict[str, set[str]] = {}
+    for f in report.findings:
+        flagged.setdefault(f.check, set()).update(f.ids)
+
+    def union(*checks: str) -> set[str]:
+        return set().union(*(flagged.get(c, set()) for c in checks))
+
+    print(f"banking77: {args.n} real records + injected faults = {len(rows)} records, "
+          f"seed {args.seed}, score {report.score}")
+    exact_found = {i for i in union("duplicates.exact") if i.startswith("exact")}
+    print(f"exact duplicates   : {pr(exact_found, truth['exact'])}")
+    near_truth = truth["near_edit"] | truth["near_para"]
+    near = union("duplicates.near", "duplicates.semantic") - truth["exact"]
+    # An original and its copy are flagged together; both count as correct for precision.
+    print(f"near, light edits  : {pr(union('duplicates.near'), truth['near_edit'], originals)}")
+    print(f"near+semantic edits: {pr(near & truth['near_edit'], truth['near_edit'])}")
+    print(f"near+semantic paras: {pr(near & truth['near_para'], truth['near_para'])}")
+    print(f"near+semantic all  : {pr(near, near_truth, originals)}")
+    print(f"label flips        : {pr(union('labels.mislabel'), truth['flip'])}")
+    leak_truth = truth["leak_exact"] | truth["leak_edit"] | truth["leak_para"]
+    leak = union("leakage.exact", "leakage.near", "leakage.ngram")
+    sem = union("leakage.semantic")
+    for kind in ("leak_exact", "leak_edit", "leak_para"):
+        print(f"leakage {kind[5:]:<10} : {pr(leak & truth[kind], truth[kind])} "
+              f"(+semantic: recall {len((leak | sem) & truth[kind]) / len(truth[kind]):.2f})")
+    print(f"leakage exact/near : {pr(leak, leak_truth)}")
+    print(f"leakage +semantic  : {pr(leak | sem, leak_truth)}")
+    for kind, ids in pii_truth.items():
+        print(f"pii {kind:<15}: {pr(union(f'pii.{kind}'), ids)}")
+    print(f"over-long          : {pr(union('lengths.truncated'), truth['long'])}")
+
+
+if __name__ == "__main__":
+    main()
