@@ -1,0 +1,207 @@
+"""tuneloop.yaml as pydantic models: one section per stage of the loop.
+
+Errors name the file, the key and the fix. Relative data paths resolve against the config
+file's folder, so a project folder can be moved or run from anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuneloop.errors import TuneloopError
+
+DEFAULT_CLASSIFY_TEMPLATE = (
+    "Classify the text into exactly one of these labels: {labels}.\n\n"
+    "Text: {text}\n\nAnswer with the label only."
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the examples are and how to read them."""
+
+    train: str = Field(description="Training file (.jsonl, .csv, .tsv, .parquet).")
+    validation: str | None = Field(None, description="Validation file; else split from train.")
+    test: str | None = Field(None, description="Held-out test file for evaluation.")
+    format: Literal["auto", "chat", "prompt_completion", "alpaca", "text_label"] = Field(
+        "auto", description="Record format; auto detects it from the keys of the first row.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map canonical names to your column names, e.g. {text: utterance, label: intent}.")
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0,
+                                       description="Share of train held out when no validation file.")
+    max_examples: int | None = Field(None, ge=1, description="Use at most this many training rows.")
+    skip_invalid: bool = Field(False, description="Skip invalid records (and report the count).")
+
+
+class TaskConfig(_Section):
+    """What the model should do; decides rendering and metrics."""
+
+    type: Literal["classification", "extraction", "generation", "chat"] = "chat"
+    labels: list[str] | None = Field(None, description="The label list (classification).")
+    prompt_template: str | None = Field(
+        None, description="User turn for text/label rows; may use {text} and {labels}.")
+    system_prompt: str | None = Field(None, description="System turn added to every example.")
+
+    @model_validator(mode="after")
+    def _labels_unique(self) -> TaskConfig:
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        return self
+
+
+class ModelConfig(_Section):
+    """The base model and where it runs."""
+
+    name: str = Field("smollm2-135m-instruct",
+                      description="Catalog name, local Hugging Face folder, or hub id.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 on CUDA and on CPUs with AMX/avx512_bf16, else fp32.")
+    max_seq_len: int = Field(512, ge=8, description="Longer examples are truncated (and counted).")
+
+
+class MethodConfig(_Section):
+    """The fine-tuning method (peft) and its knobs."""
+
+    name: Literal["lora", "dora", "ia3", "prefix", "prompt", "full"] = "lora"
+    r: int = Field(16, ge=1, description="LoRA/DoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA/DoRA scaling alpha.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    num_virtual_tokens: int = Field(20, ge=1, description="Prefix/prompt tuning length.")
+
+
+class TrainConfig(_Section):
+    """Optimisation: AdamW with warm-up plus cosine decay."""
+
+    epochs: float = Field(3, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch per process.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    eval_every: int = Field(50, ge=1, description="Validation loss every N optimizer steps.")
+    save_every: int = Field(100, ge=1, description="Checkpoint every N optimizer steps.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after N evaluations without validation-loss improvement.")
+    loss_on: Literal["assistant", "all"] = Field(
+        "assistant", description="assistant: loss on assistant tokens only (prompt masked).")
+    packing: bool = Field(False, description="Pack several examples per row (isolated attention).")
+
+
+class EvalConfig(_Section):
+    """Evaluation after training."""
+
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    max_examples: int | None = Field(None, ge=1, description="Evaluate at most N test examples.")
+    few_shot_k: int = Field(4, ge=0)
+
+
+class OutputConfig(_Section):
+    """Where runs go."""
+
+    dir: str = Field("runs", description="Parent folder of run folders (relative to the config).")
+    name: str | None = Field(None, description="Run folder name; default: method-timestamp.")
+
+
+class Config(_Section):
+    """A tuneloop project: one file, every stage."""
+
+    data: DataConfig
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    seed: int = 0
+
+    def resolve_paths(self, base: Path) -> Config:
+        """Return a copy whose relative file paths are absolute, read against `base`."""
+        c = self.model_copy(deep=True)
+        for key in ("train", "validation", "test"):
+            v = getattr(c.data, key)
+            if v is not None and not Path(v).expanduser().is_absolute():
+                setattr(c.data, key, str((base / v).resolve()))
+        if not Path(c.output.dir).expanduser().is_absolute():
+            c.output.dir = str((base / c.output.dir).resolve())
+        m = Path(c.model.name).expanduser()
+        if not m.is_absolute() and (base / m).is_dir():
+            c.model.name = str((base / m).resolve())
+        return c
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def json_schema() -> str:
+    return json.dumps(Config.model_json_schema(), indent=2)
+
+
+def _apply_override(raw: dict[str, Any], assignment: str, source: str) -> None:
+    if "=" not in assignment:
+        raise TuneloopError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-4")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise TuneloopError(f"--set {assignment!r}: {p!r} in {source} is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            fix = "remove it or check its spelling (`tuneloop config schema` lists every key)"
+        elif e["type"] == "missing":
+            fix = "add it"
+        else:
+            fix = "change its value"
+        lines.append(f"  {key}: {msg} (got {e.get('input')!r}); {fix}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>", base: Path | None = None,
+                 overrides: list[str] | None = None) -> Config:
+    """Validate a raw mapping (plus KEY=VALUE overrides) into a Config with resolved paths."""
+    raw = json.loads(json.dumps(raw))  # deep copy; overrides must not touch the caller's dict
+    for o in overrides or []:
+        _apply_override(raw, o, source)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        raise TuneloopError(_format_errors(e, source)) from None
+    return cfg.resolve_paths(base or Path.cwd())
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read tuneloop.yaml; every error names the file and the key."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tuneloop.yaml"
+    if not path.exists():
+        raise TuneloopError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise TuneloopError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise TuneloopError(f"{path}: expected a mapping of sections (data, task, model, ...)")
+    return parse_config(raw, str(path), path.parent.resolve(), overrides)

@@ -1,0 +1,1 @@
+"""Data in: read files, normalise every format to `Example` records, split, fingerprint."""

@@ -1,0 +1,1 @@
+"""Evaluation: batched scoring and generation, task metrics, baselines, learning curves."""

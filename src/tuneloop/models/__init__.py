@@ -1,0 +1,1 @@
+"""Models: the catalog of bundled models, loading (GGUF -> cached safetensors), tokens."""

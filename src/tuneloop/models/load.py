@@ -1,0 +1,149 @@
+"""Resolve a model name to weights on disk, choose device and precision, load model + tokenizer.
+
+GGUF files are de-quantised once (~20-50 s) and cached as safetensors under $TUNELOOP_HOME,
+so every later load takes well under a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from tuneloop.errors import TuneloopError
+from tuneloop.models.catalog import CATALOG, gguf_path
+
+
+def tuneloop_home() -> Path:
+    return Path(os.environ.get("TUNELOOP_HOME", Path.home() / ".cache" / "tuneloop")).expanduser()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Inter-process lock, so DDP ranks or parallel runs convert a GGUF only once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def resolve_model(name: str) -> str:
+    """Return a local folder (or a hub id the user has cached) that from_pretrained can load."""
+    if name in CATALOG:
+        return str(_cached_catalog_model(name))
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise TuneloopError(f"{p}: not a Hugging Face model folder (no config.json)")
+        return str(p.resolve())
+    if p.suffix == ".gguf" or p.exists() or name.startswith((".", "/", "~")):
+        raise TuneloopError(f"model {name!r}: no such folder; use a catalog name "
+                            f"({', '.join(CATALOG)}), a model folder or a hub id")
+    return name  # a hub id: works when the user has it in their Hugging Face cache
+
+
+def _cached_catalog_model(name: str) -> Path:
+    home = tuneloop_home()
+    target = home / "models" / name
+    if (target / "config.json").exists():
+        return target
+    with _file_lock(home / "locks" / f"{name}.lock"):
+        if (target / "config.json").exists():
+            return target
+        _convert_gguf(name, target, home)
+    return target
+
+
+def _convert_gguf(name: str, target: Path, home: Path) -> None:
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    entry = CATALOG[name]
+    gguf = gguf_path(entry, home)
+    Console(stderr=True).print(f"[dim]De-quantising {gguf.name} once; later loads use the "
+                               f"safetensors cache in {target}[/dim]")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The Trainer refuses models that still carry the GGUF quantization_config, and the
+    # weights are plain fp32 now anyway.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    tmp = Path(tempfile.mkdtemp(dir=target.parent if target.parent.exists() else None,
+                                prefix=f".{name}-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@cache
+def cpu_has_bf16() -> bool:
+    """AMX or avx512_bf16: bf16 matmuls run several times faster than fp32 there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str  # cpu | cuda | mps
+    precision: str  # bf16 | fp16 | fp32: the compute precision (autocast on CPU)
+
+    @property
+    def mixed_precision(self) -> str:
+        """Accelerate's mixed_precision value."""
+        return {"bf16": "bf16", "fp16": "fp16"}.get(self.precision, "no")
+
+
+def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
+    """CUDA bf16 when present; CPU bf16 autocast where the CPU has AMX/avx512_bf16; else fp32."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TuneloopError("model.device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
+    if dtype == "auto":
+        if device == "cuda":
+            dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            dtype = "bf16" if cpu_has_bf16() else "fp32"
+    return Placement(device, dtype)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, placement: Placement | None = None):
+    """Load a causal LM with fp32 master weights (bf16 on CUDA), on the chosen device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    placement = placement or choose_placement()
+    dtype = torch.bfloat16 if (placement.device == "cuda" and placement.precision == "bf16") \
+        else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as e:
+        raise TuneloopError(f"cannot load model {path!r}: {e}") from e
+    return model.to(placement.device)

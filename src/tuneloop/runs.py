@@ -1,0 +1,103 @@
+"""The run folder: what a training run writes, and how later stages read it back.
+
+    RUN/config.yaml        resolved config        RUN/metrics.jsonl   one JSON object per event
+    RUN/summary.json       final figures          RUN/environment.json versions and device
+    RUN/data.json          data fingerprints      RUN/adapter/        peft adapter (safetensors)
+    RUN/model/             full fine-tune only    RUN/checkpoints/    resumable state
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tuneloop.config import Config, load_config
+from tuneloop.errors import TuneloopError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write temp, fsync, rename: readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def new_run_dir(cfg: Config) -> Path:
+    """Create the run folder; refuses to overwrite an existing run."""
+    name = cfg.output.name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = Path(cfg.output.dir) / name
+    if run.exists() and any(run.iterdir()):
+        raise TuneloopError(f"{run}: run folder already exists; pass --resume {run} to continue "
+                            "it, or choose another output.name")
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def environment(placement: Any) -> dict[str, Any]:
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    import tuneloop
+
+    return {"tuneloop": tuneloop.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__,
+            "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "device": placement.device, "precision": placement.precision,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def read_run_config(run: str | Path) -> Config:
+    run = Path(run)
+    if not (run / "config.yaml").exists():
+        raise TuneloopError(f"{run}: not a run folder (no config.yaml)")
+    return load_config(run / "config.yaml")
+
+
+def read_summary(run: str | Path) -> dict[str, Any]:
+    p = Path(run) / "summary.json"
+    if not p.exists():
+        raise TuneloopError(f"{run}: the run has no summary.json (did training finish?)")
+    return json.loads(p.read_text())
+
+
+def load_run_model(run: str | Path, placement: Any = None):
+    """Base model + the run's adapter (or its full weights), and its tokenizer, for inference."""
+    from tuneloop.models.load import choose_placement, load_model, load_tokenizer, resolve_model
+    from tuneloop.models.tokens import ensure_template
+
+    run = Path(run)
+    cfg = read_run_config(run)
+    placement = placement or choose_placement(cfg.model.device, cfg.model.dtype)
+    tok = load_tokenizer(str(run / "tokenizer"))
+    ensure_template(tok)
+    if (run / "model").exists():
+        model = load_model(str(run / "model"), placement)
+    elif (run / "adapter").exists():
+        from peft import PeftModel
+
+        base = load_model(resolve_model(cfg.model.name), placement)
+        model = PeftModel.from_pretrained(base, run / "adapter")
+    else:
+        raise TuneloopError(f"{run}: no adapter/ or model/ folder; the run did not finish")
+    model.eval()
+    return model, tok, cfg

@@ -1,0 +1,1 @@
+"""Training: PEFT method configs, the Accelerate loop, checkpoints, cost estimates."""

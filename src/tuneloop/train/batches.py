@@ -1,0 +1,72 @@
+"""Deterministic batch order without a DataLoader.
+
+Micro-batches form one flat stream across epochs: micro-batch k belongs to epoch
+k // per_epoch and takes the (k % per_epoch)-th slice of that epoch's seeded permutation.
+Resuming at step s is then just starting the stream at s * grad_accum; no hidden RNG is
+consumed (a DataLoader iterator draws from the global RNG, which would shift dropout masks
+after a resume).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from tuneloop.models.tokens import IGNORE, Encoded
+
+
+@dataclass
+class BatchPlan:
+    n: int  # training examples
+    batch_size: int  # per process
+    world: int
+    rank: int
+    seed: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world
+
+    @property
+    def per_epoch(self) -> int:
+        return max(1, math.ceil(self.n / self.global_batch))
+
+    def _permutation(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def indices(self, k: int) -> list[int]:
+        """This process's example indices for micro-batch k of the stream."""
+        epoch, j = divmod(k, self.per_epoch)
+        perm = self._permutation(epoch)
+        chunk = perm[j * self.global_batch:(j + 1) * self.global_batch]
+        if self.world > 1 and len(chunk) < self.global_batch:
+            # Every rank needs a batch; wrap around like DistributedSampler does.
+            chunk = (chunk + perm * math.ceil(self.global_batch / self.n))[: self.global_batch]
+        return chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def epoch_of(self, k: int) -> float:
+        return k / self.per_epoch
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch; padding is masked out of attention and loss."""
+    width = max(len(e.input_ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    attn = torch.zeros((len(items), width), dtype=torch.long)
+    for i, e in enumerate(items):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        attn[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": attn}
+
+
+def eval_batches(items: list[Encoded], batch_size: int, pad_id: int):
+    """Length-sorted batches for evaluation (less padding, same result)."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+    for s in range(0, len(order), batch_size):
+        yield collate([items[i] for i in order[s:s + batch_size]], pad_id)

@@ -1,0 +1,50 @@
+"""One place that maps a method name to a peft config (or full fine-tuning)."""
+
+from __future__ import annotations
+
+from tuneloop.config import MethodConfig
+from tuneloop.errors import TuneloopError
+
+
+def peft_config(m: MethodConfig):
+    """The peft config for `m`, or None for full fine-tuning."""
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
+
+    task = TaskType.CAUSAL_LM
+    if m.name in ("lora", "dora"):
+        return LoraConfig(task_type=task, r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
+                          target_modules=m.target_modules, use_dora=m.name == "dora")
+    if m.name == "ia3":
+        # None lets peft pick its per-architecture defaults (k, v, down_proj for Llama).
+        targets = None if m.target_modules == "all-linear" else m.target_modules
+        return IA3Config(task_type=task, target_modules=targets)
+    if m.name == "prefix":
+        return PrefixTuningConfig(task_type=task, num_virtual_tokens=m.num_virtual_tokens)
+    if m.name == "prompt":
+        return PromptTuningConfig(task_type=task, num_virtual_tokens=m.num_virtual_tokens)
+    if m.name == "full":
+        return None
+    raise TuneloopError(f"method.name {m.name!r} is not supported")
+
+
+def wrap(model, m: MethodConfig):
+    """Attach the method's trainable parameters; for `full`, train every weight."""
+    cfg = peft_config(m)
+    if cfg is None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as e:  # e.g. ia3 without known targets for this architecture
+        raise TuneloopError(f"method {m.name!r} cannot be applied to this model: {e}; "
+                            "set method.target_modules") from e
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
