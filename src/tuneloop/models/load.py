@@ -138,7 +138,9 @@ def load_model(path: str, placement: Placement | None = None):
     """Load a causal LM with fp32 master weights (bf16 on CUDA), on the chosen device."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a sub-second load needs no bar; ours stay readable
     placement = placement or choose_placement()
     dtype = torch.bfloat16 if (placement.device == "cuda" and placement.precision == "bf16") \
         else torch.float32

@@ -123,9 +123,10 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
     model.train()
     stopped_early = False
     train_loss = None
+    in_step, rng_at_step = False, None
     try:
         while state.step < steps:
-            rng_at_step = checkpoint.rng_state()
+            rng_at_step, in_step = checkpoint.rng_state(), True
             losses, tokens = [], 0
             for micro in range(ga):
                 batch = collate([train_items[i] for i in plan.indices(state.step * ga + micro)],
@@ -144,6 +145,7 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
+            in_step = False
             state.tokens += tokens * acc.num_processes
             state.elapsed = time.perf_counter() - t0
             train_loss = acc.reduce(torch.stack(losses).mean(), "mean").item()
@@ -176,7 +178,8 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
         # Save where the last completed step left off, with the RNG as it was then, so a
         # resume replays the interrupted step exactly.
         if acc.is_main_process:
-            checkpoint.set_rng_state(rng_at_step)
+            if in_step:  # the RNG has moved on inside the unfinished step
+                checkpoint.set_rng_state(rng_at_step)
             checkpoint.save(run / "checkpoints", state.step, acc.unwrap_model(model),
                             optimizer, scheduler, state.__dict__)
             from tuneloop.console import err

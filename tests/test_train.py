@@ -1,0 +1,99 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tuneloop.config import load_config
+from tuneloop.train import loop as loop_mod
+from tuneloop.train.loop import train
+
+
+def _losses(run):
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in recs if "loss" in r]
+
+
+def test_run_folder_has_everything(tiny_project):
+    run, summary = train(load_config(tiny_project), quiet=True)
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "environment.json", "data.json",
+                 "adapter/adapter_model.safetensors", "tokenizer/tokenizer.json"):
+        assert (run / name).exists(), name
+    data = json.loads((run / "data.json").read_text())
+    assert len(data["fingerprint"]["train"]) == 64
+    assert data["counts"]["train"] + data["counts"]["validation"] == 40
+    assert summary["steps"] == summary["planned_steps"] == 18
+    assert summary["val_loss"] is not None and summary["trainable_params"] < summary["total_params"]
+
+
+@pytest.mark.parametrize("method,lr", [("lora", 5e-3), ("dora", 5e-3), ("ia3", 0.5),
+                                       ("prefix", 0.3), ("prompt", 0.3), ("full", 1e-3)])
+def test_each_method_lowers_loss_on_a_repeated_batch(tiny_project, method, lr):
+    # 4 examples, batch 4: every step sees the same batch, so loss must fall.
+    cfg = load_config(tiny_project, [f"method.name={method}", f"train.learning_rate={lr}",
+                                     "train.max_steps=15", "train.warmup_ratio=0",
+                                     "data.max_examples=4", "data.validation_fraction=0",
+                                     "method.dropout=0", f"output.name={method}"])
+    run, _ = train(cfg, quiet=True)
+    losses = _losses(run)
+    assert losses[-1] < losses[0] - 0.05, losses  # nats; prompt tuning moves least
+    saved = run / ("model" if method == "full" else "adapter")
+    assert any(saved.glob("*.safetensors"))
+
+
+def _interrupt_at(monkeypatch, step: int, exc: type[BaseException]):
+    real = loop_mod._Logger.write
+
+    def write(self, rec):
+        real(self, rec)
+        if rec.get("step") == step and "loss" in rec:
+            raise exc("simulated interruption")
+
+    monkeypatch.setattr(loop_mod._Logger, "write", write)
+
+
+@pytest.mark.parametrize("exc,at", [(KeyboardInterrupt, 7), (RuntimeError, 8)])
+def test_resume_reaches_the_same_final_metrics(tiny_project, monkeypatch, exc, at):
+    # dropout on: the resumed run must also restore the RNG to match bit for bit
+    base = ["method.dropout=0.1", "train.save_every=5"]
+    full_run, full = train(load_config(tiny_project, base + ["output.name=full"]), quiet=True)
+    cfg = load_config(tiny_project, base + ["output.name=cut"])
+    _interrupt_at(monkeypatch, at, exc)
+    with pytest.raises(exc):
+        train(cfg, quiet=True)
+    monkeypatch.undo()
+    # KeyboardInterrupt saves at step 7; a crash resumes from the periodic checkpoint at 5
+    run, resumed = train(cfg, resume=cfg.output.dir + "/cut", quiet=True)
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-5)
+    assert resumed["val_loss"] == pytest.approx(full["val_loss"], rel=1e-5)
+    assert _losses(run) == pytest.approx(_losses(full_run), rel=1e-5)
+    a = load_file(str(full_run / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_same_seed_same_metrics(tiny_project):
+    cfg = load_config(tiny_project, ["train.max_steps=4"])
+    _, s1 = train(cfg.model_copy(update={"output": cfg.output.model_copy(update={"name": "a"})}),
+                  quiet=True)
+    _, s2 = train(cfg.model_copy(update={"output": cfg.output.model_copy(update={"name": "b"})}),
+                  quiet=True)
+    assert s1["train_loss"] == s2["train_loss"] and s1["val_loss"] == s2["val_loss"]
+
+
+def test_early_stopping_keeps_best_weights(tiny_project):
+    cfg = load_config(tiny_project, ["train.learning_rate=0.5", "train.eval_every=1",
+                                     "train.early_stopping_patience=2", "train.epochs=10",
+                                     "output.name=es"])
+    _, s = train(cfg, quiet=True)
+    assert s["stopped_early"] and s["steps"] < s["planned_steps"]
+    assert s["weights"] == "best" and s["best_step"] <= s["steps"]
+
+
+def test_existing_run_folder_is_not_overwritten(tiny_project):
+    from tuneloop.errors import TuneloopError
+
+    cfg = load_config(tiny_project, ["train.max_steps=1", "output.name=same"])
+    train(cfg, quiet=True)
+    with pytest.raises(TuneloopError, match="already exists"):
+        train(cfg, quiet=True)
