@@ -1,23 +1,53 @@
 """Batched scoring and generation on any causal LM (base, adapter or merged).
 
 Classification scores each label as a complete answer: log p(label + end-of-turn | prompt),
-so "card" cannot win over "card_arrival" by being a prefix. Generation is greedy, left-padded,
-length-sorted and stops at the template's end-of-turn token.
+so "card" cannot win over "card_arrival" by being a prefix. The prompt is run once per example
+and its KV cache is shared by every label continuation (a 10-label task costs about one prompt
+pass, not ten). Generation is greedy, left-padded, length-sorted and stops at the template's
+end-of-turn token.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
 from tuneloop.console import progress
 from tuneloop.data.schema import Example, Message
-from tuneloop.models.tokens import encode_prompt, end_of_turn_id
+from tuneloop.models.tokens import IGNORE, encode, encode_prompt, end_of_turn_id
 
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
+
+
+def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for r, s in enumerate(seqs):
+        ids[r, width - len(s):] = torch.tensor(s)
+        attn[r, width - len(s):] = 1
+    return ids, attn
+
+
+def _positions(attn: torch.Tensor) -> torch.Tensor:
+    # With left padding, real tokens must still start at position 0.
+    return (attn.cumsum(-1) - 1).clamp(min=0)
+
+
+def _cache_kw(model) -> str:
+    """transformers 5.x renamed `past_key_values` to `cache`; accept either generation."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _cache_of(output):
+    return getattr(output, "cache", None) or output.past_key_values
 
 
 @torch.no_grad()
@@ -26,32 +56,73 @@ def score_choices(model, tok, prompts: Sequence[list[Message]], choices: Sequenc
     """Log-likelihood of each choice for each prompt: a (len(prompts), len(choices)) tensor."""
     eot = end_of_turn_id(tok)
     choice_ids = [tok(c, add_special_tokens=False)["input_ids"] + [eot] for c in choices]
-    rows = []  # (prompt index, choice index, ids, number of target tokens)
-    for p, msgs in enumerate(prompts):
-        pids = encode_prompt(tok, msgs)
-        for c, cids in enumerate(choice_ids):
-            rows.append((p, c, pids + cids, len(cids)))
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][2]))
+    encoded = [encode_prompt(tok, m) for m in prompts]
+    return score_encoded(model, encoded, choice_ids, tok.pad_token_id, batch_size, quiet)
+
+
+def score_encoded(model, prompts: list[list[int]], choice_ids: list[list[int]], pad: int,
+                  batch_size: int = 16, quiet: bool = True) -> torch.Tensor:
+    """score_choices on token ids: one prompt pass per batch, its KV cache reused per choice."""
+    n_c, width_c = len(choice_ids), max(len(c) for c in choice_ids)
+    cont = torch.full((n_c, width_c), pad, dtype=torch.long)
+    cmask = torch.zeros_like(cont)
+    for c, ids in enumerate(choice_ids):
+        cont[c, :len(ids)] = torch.tensor(ids)
+        cmask[c, :len(ids)] = 1
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = torch.full((len(prompts), n_c), float("-inf"))
+    dev = _device(model)
+    # Continuation rows are prompts x choices; keep that product near the batch size.
+    per_batch = max(1, batch_size * 4 // n_c) if n_c > 4 else batch_size
+    with progress(quiet) as bar:
+        task = bar.add_task("score", total=len(prompts))
+        for s in range(0, len(order), per_batch):
+            idx = order[s:s + per_batch]
+            ids, attn = _left_pad([prompts[i] for i in idx], pad)
+            ids, attn = ids.to(dev), attn.to(dev)
+            # logits_to_keep=1: only the last position's logits are needed from the prompt pass.
+            first = model(input_ids=ids, attention_mask=attn, position_ids=_positions(attn),
+                          use_cache=True, logits_to_keep=1)
+            first_logp = torch.log_softmax(first.logits[:, -1].float(), -1)  # (b, V)
+            b = len(idx)
+            tgt = cont.to(dev).repeat(b, 1)  # row r: prompt r // n_c, choice r % n_c
+            tmask = cmask.to(dev).repeat(b, 1)
+            total = first_logp.repeat_interleave(n_c, 0).gather(1, tgt[:, :1])[:, 0]
+            if width_c > 1:
+                cache = _cache_of(first)
+                cache.batch_repeat_interleave(n_c)
+                full_attn = torch.cat([attn.repeat_interleave(n_c, 0), tmask], dim=1)
+                start = attn.sum(1).repeat_interleave(n_c)[:, None]
+                pos = start + torch.arange(width_c - 1, device=dev)[None]
+                logits = model(input_ids=tgt[:, :-1], attention_mask=full_attn[:, :-1],
+                               position_ids=pos, **{_cache_kw(model): cache}).logits.float()
+                lp = torch.log_softmax(logits, -1).gather(2, tgt[:, 1:, None])[..., 0]
+                total = total + (lp * tmask[:, 1:]).sum(1)
+            out[idx] = total.view(b, n_c).cpu()
+            bar.advance(task, b)
+    return out
+
+
+@torch.no_grad()
+def score_choices_naive(model, tok, prompts: Sequence[list[Message]], choices: Sequence[str],
+                        batch_size: int = 16) -> torch.Tensor:
+    """Reference scorer: every prompt+choice as its own full sequence (for tests/benchmarks)."""
+    eot = end_of_turn_id(tok)
+    choice_ids = [tok(c, add_special_tokens=False)["input_ids"] + [eot] for c in choices]
+    rows = [(p, c, encode_prompt(tok, m) + cids, len(cids))
+            for p, m in enumerate(prompts) for c, cids in enumerate(choice_ids)]
     out = torch.full((len(prompts), len(choices)), float("-inf"))
     dev = _device(model)
-    pad = tok.pad_token_id
-    with progress(quiet) as bar:
-        task = bar.add_task("score", total=len(rows))
-        for s in range(0, len(order), batch_size):
-            chunk = [rows[i] for i in order[s:s + batch_size]]
-            width = max(len(r[2]) for r in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for i, r in enumerate(chunk):
-                ids[i, :len(r[2])] = torch.tensor(r[2])
-                attn[i, :len(r[2])] = 1
-            logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits.float()
-            logp = torch.log_softmax(logits, dim=-1).cpu()
-            for i, (p, c, seq, n) in enumerate(chunk):
-                L = len(seq)
-                tgt = torch.tensor(seq[L - n:])
-                out[p, c] = logp[i, L - n - 1:L - 1].gather(1, tgt[:, None]).sum()
-            bar.advance(task, len(chunk))
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        ids, attn = _left_pad([r[2] for r in chunk], tok.pad_token_id)
+        logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev),
+                       position_ids=_positions(attn).to(dev)).logits.float()
+        logp = torch.log_softmax(logits, -1).cpu()
+        width = ids.shape[1]
+        for i, (p, c, seq, n) in enumerate(chunk):
+            tgt = torch.tensor(seq[len(seq) - n:])
+            out[p, c] = logp[i, width - n - 1:width - 1].gather(1, tgt[:, None]).sum()
     return out
 
 
@@ -67,24 +138,28 @@ def classify(model, tok, examples: Sequence[Example], labels: Sequence[str],
 def generate(model, tok, prompts: Sequence[list[Message]], max_new_tokens: int = 64,
              batch_size: int = 8, quiet: bool = True) -> list[str]:
     """Greedy completions for many conversations at once (left padding, KV cache)."""
+    texts, _ = generate_with_counts(model, tok, prompts, max_new_tokens, batch_size, quiet)
+    return texts
+
+
+@torch.no_grad()
+def generate_with_counts(model, tok, prompts: Sequence[list[Message]], max_new_tokens: int = 64,
+                         batch_size: int = 8, quiet: bool = True) -> tuple[list[str], list[int]]:
+    """generate(), plus the number of new tokens each completion used (for cost reports)."""
     eot = end_of_turn_id(tok)
     stop = sorted({eot, tok.eos_token_id} - {None})
     encoded = [encode_prompt(tok, m) for m in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[str] = [""] * len(encoded)
+    counts: list[int] = [0] * len(encoded)
     dev = _device(model)
     pad = tok.pad_token_id
     with progress(quiet) as bar:
         task = bar.add_task("generate", total=len(encoded))
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for r, i in enumerate(idx):
-                n = len(encoded[i])
-                ids[r, width - n:] = torch.tensor(encoded[i])
-                attn[r, width - n:] = 1
+            ids, attn = _left_pad([encoded[i] for i in idx], pad)
+            width = ids.shape[1]
             gen = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev),
                                  max_new_tokens=max_new_tokens, do_sample=False,
                                  eos_token_id=stop, pad_token_id=pad)
@@ -92,5 +167,52 @@ def generate(model, tok, prompts: Sequence[list[Message]], max_new_tokens: int =
                 new = gen[r, width:].tolist()
                 cut = next((k for k, t in enumerate(new) if t in stop), len(new))
                 results[i] = tok.decode(new[:cut], skip_special_tokens=True).strip()
+                counts[i] = min(cut + 1, len(new))
             bar.advance(task, len(idx))
-    return results
+    return results, counts
+
+
+@torch.no_grad()
+def target_nll(model, tok, examples: Sequence[Example], max_len: int = 2048,
+               batch_size: int = 8, quiet: bool = True) -> list[tuple[float, int, int]]:
+    """Per example: (summed NLL in nats of the target tokens, their count, UTF-8 bytes of target).
+
+    Bits per byte = sum NLL / ln 2 / bytes: comparable across tokenizers, unlike perplexity.
+    """
+    items = [encode(tok, ex, max_len) for ex in examples]
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+    res: list[tuple[float, int, int]] = [(0.0, 0, 0)] * len(items)
+    dev = _device(model)
+    with progress(quiet) as bar:
+        task = bar.add_task("nll", total=len(items))
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            width = max(len(items[i].input_ids) for i in idx)
+            ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
+            lab = torch.full_like(ids, IGNORE)
+            attn = torch.zeros_like(ids)
+            for r, i in enumerate(idx):
+                n = len(items[i].input_ids)
+                ids[r, :n] = torch.tensor(items[i].input_ids)
+                lab[r, :n] = torch.tensor(items[i].labels)
+                attn[r, :n] = 1
+            logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits.float()
+            tgt = lab[:, 1:].to(dev)
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2), tgt.clamp(min=0), reduction="none")
+            mask = tgt != IGNORE
+            sums, cnt = (nll * mask).sum(1).cpu(), mask.sum(1).cpu()
+            for r, i in enumerate(idx):
+                nbytes = len(examples[i].target.encode("utf-8"))
+                res[i] = (float(sums[r]), int(cnt[r]), nbytes)
+            bar.advance(task, len(idx))
+    return res
+
+
+def perplexity_bpb(nll: Sequence[tuple[float, int, int]]) -> dict[str, float]:
+    """Token perplexity and bits per byte from target_nll rows."""
+    tot = sum(r[0] for r in nll)
+    toks = sum(r[1] for r in nll)
+    nbytes = sum(r[2] for r in nll)
+    return {"perplexity": math.exp(min(tot / max(toks, 1), 50)),
+            "bits_per_byte": tot / math.log(2) / max(nbytes, 1)}

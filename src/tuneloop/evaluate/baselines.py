@@ -1,0 +1,90 @@
+"""The systems fine-tuning must beat, run on the same examples: zero-shot, few-shot, embeddings.
+
+- zero_shot: the base model on the task's own instruction prompt.
+- few_shot: the base model with k training examples, retrieved by MiniLM similarity to each
+  query, as earlier user/assistant turns (prompt engineering at its cheapest).
+- embedding_classifier: MiniLM sentence embeddings + logistic regression (no LLM at all).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from tuneloop.config import DEFAULT_CLASSIFY_TEMPLATE, TaskConfig
+from tuneloop.data.schema import Example, Message
+
+
+def raw_input(ex: Example, task: TaskConfig) -> str:
+    """The user's own text without the task's prompt template, so embeddings see content only."""
+    text = ex.user_text
+    if task.type != "classification":
+        return text
+    template = task.prompt_template or DEFAULT_CLASSIFY_TEMPLATE
+    try:
+        filled = template.format(text="\x00", labels=", ".join(task.labels or []))
+    except (KeyError, IndexError):
+        return text
+    if filled.count("\x00") != 1:
+        return text
+    pre, post = filled.split("\x00")
+    if text.startswith(pre) and text.endswith(post):
+        return text[len(pre):len(text) - len(post)]
+    return text
+
+
+def retrieve(queries: Sequence[str], pool: Sequence[str], k: int) -> list[list[int]]:
+    """Indices of the k most similar pool texts per query (MiniLM cosine), most similar last."""
+    from tuneloop.embed import embed
+
+    if k <= 0 or not pool:
+        return [[] for _ in queries]
+    sims = embed(list(queries)) @ embed(list(pool)).T
+    k = min(k, len(pool))
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    # Most similar shot nearest the query: small models weigh recent turns most.
+    return [row[::-1].tolist() for row in top]
+
+
+def few_shot_prompts(examples: Sequence[Example], train: Sequence[Example], k: int,
+                     task: TaskConfig) -> list[list[Message]]:
+    """Each example's prompt preceded by its k retrieved training examples as solved turns."""
+    picks = retrieve([raw_input(e, task) for e in examples],
+                     [raw_input(t, task) for t in train], k)
+    prompts = []
+    for ex, idx in zip(examples, picks, strict=True):
+        msgs = ex.prompt_messages
+        system = [m for m in msgs[:1] if m.role == "system"]
+        shots: list[Message] = []
+        for i in idx:
+            shot = train[i]
+            shots += [m for m in shot.prompt_messages if m.role != "system"]
+            shots.append(Message("assistant", shot.target))
+        prompts.append(system + shots + msgs[len(system):])
+    return prompts
+
+
+def embedding_classifier(train: Sequence[Example], examples: Sequence[Example],
+                         task: TaskConfig, seed: int = 0) -> tuple[list[str], np.ndarray, float]:
+    """Predicted labels, class probabilities (columns in task.labels order) and seconds per example."""
+    from sklearn.linear_model import LogisticRegression
+
+    from tuneloop.embed import embed
+    from tuneloop.errors import TuneloopError
+
+    labels = list(task.labels or sorted({t.label for t in train if t.label}))
+    y = [t.label for t in train]
+    if len(set(y)) < 2:
+        raise TuneloopError("embedding_classifier needs at least two labels in the training set")
+    clf = LogisticRegression(max_iter=2000, C=10.0, random_state=seed)
+    clf.fit(embed([raw_input(t, task) for t in train]), y)
+    t0 = time.perf_counter()
+    x = embed([raw_input(e, task) for e in examples])
+    pred = clf.predict(x).tolist()
+    proba = np.zeros((len(examples), len(labels)))
+    for j, c in enumerate(clf.classes_):
+        if c in labels:
+            proba[:, labels.index(c)] = clf.predict_proba(x)[:, j]
+    return pred, proba, (time.perf_counter() - t0) / max(len(examples), 1)

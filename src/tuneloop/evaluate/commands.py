@@ -1,0 +1,151 @@
+"""CLI for the evaluation stage: `eval`, `curve`, `report` and the `review` sub-app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tuneloop.console import out, print_json
+
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a config key, e.g. --set eval.max_examples=100 (repeatable).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+LimitOpt = Annotated[int | None, typer.Option(
+    "--limit", help="Evaluate at most N test examples (default: eval.max_examples).")]
+BootOpt = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the CIs.")]
+
+review_app = typer.Typer(help="Human review: export outputs for raters, import their ratings.",
+                         no_args_is_help=True)
+
+
+def eval_cmd(
+    target: Annotated[Path, typer.Argument(help="A run folder, or tuneloop.yaml (baselines only "
+                                                "unless --seeds trains runs).")],
+    baselines: Annotated[str | None, typer.Option(
+        help="Comma list of zero_shot,few_shot,embedding_classifier, or none. Default: all "
+             "that apply to the task.")] = None,
+    seeds: Annotated[int | None, typer.Option(
+        help="Fine-tuned runs to evaluate: the run plus retrains with the next seeds; reports "
+             "seed variance.")] = None,
+    limit: LimitOpt = None,
+    generate: Annotated[bool, typer.Option(
+        "--generate/--no-generate", help="Classification: also free-generate answers and "
+        "report parse failures.")] = True,
+    bootstrap: BootOpt = 1000,
+    set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Score the fine-tuned model and its baselines on the same test examples, with 95% CIs
+    and paired tests. Writes eval.json + predictions.jsonl (RUN/eval/)."""
+    from tuneloop.evaluate.suite import run_eval
+
+    res = run_eval(target, baselines, seeds, limit, generate, bootstrap, set_,
+                   quiet=quiet or json_)
+    if json_:
+        print_json(res)
+        return
+    _print_systems(res)
+
+
+def _print_systems(res: dict) -> None:
+    from rich.table import Table
+
+    from tuneloop.evaluate.report import _fmt, _metric_names
+
+    metrics = _metric_names(res)
+    t = Table(title=f"{res['task']}: {res['examples']} {res['split']} examples "
+                    "(value [95% CI])")
+    t.add_column("system")
+    for m in metrics:
+        t.add_column(m, justify="right")
+    t.add_column("s/example", justify="right")
+    for name, s in res["systems"].items():
+        t.add_row(name, *(_fmt(s["metrics"].get(m)) for m in metrics),
+                  str(s["cost"].get("latency_s_per_example")))
+    out.print(t)
+    for c in res["comparisons"]:
+        out.print(f"- {c['verdict']}")
+    out.print(f"written: {res['eval_dir']}/eval.json; next: tuneloop report "
+              f"{res['eval_dir']}")
+
+
+def curve_cmd(
+    config: Annotated[Path, typer.Argument(help="tuneloop.yaml or its folder.")],
+    sizes: Annotated[str, typer.Option(help="Training-set sizes, e.g. 50,100,200,400.")]
+    = "50,100,200,400",
+    limit: LimitOpt = None, bootstrap: BootOpt = 1000,
+    set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Learning curve: one fine-tune per nested training subset, the metric (95% CI) against
+    the number of examples; writes curve.json and curve.png."""
+    from tuneloop.evaluate.curve import parse_sizes, run_curve
+
+    res = run_curve(config, parse_sizes(sizes), limit, set_, bootstrap, quiet=quiet or json_)
+    if json_:
+        print_json(res)
+        return
+    from tuneloop.evaluate.report import _fmt
+
+    for p in res["points"]:
+        out.print(f"{p['train_examples']:>6} examples: {res['metric']} "
+                  f"{_fmt(p['metrics'][res['metric']])}")
+    out.print(f"written: {res['curve_dir']}/curve.json, curve.png")
+
+
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="A run folder (with eval/) or an eval folder.")],
+    curve: Annotated[Path | None, typer.Option(help="A curve folder to include.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Write the evaluation report: self-contained HTML (plots embedded), Markdown and JSON."""
+    from tuneloop.evaluate.report import build_report
+
+    paths = build_report(run, curve)
+    if json_:
+        print_json(paths)
+        return
+    for k, v in paths.items():
+        out.print(f"{k}: {v}")
+
+
+@review_app.command("export")
+def review_export(
+    run: Annotated[Path, typer.Argument(help="A run folder (with eval/) or an eval folder.")],
+    n: Annotated[int, typer.Option("-n", help="Examples to sample.")] = 50,
+    systems: Annotated[str | None, typer.Option(help="Comma list of systems to include.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+) -> None:
+    """Write a blind CSV sample of outputs (rating 1-5 and comment columns) for reviewers."""
+    from tuneloop.evaluate.review import export_review
+
+    path = export_review(run, n, systems.split(",") if systems else None, seed)
+    out.print(f"written: {path}; fill in 'rating' (1-5), then: tuneloop review import {run} "
+              f"{path}")
+
+
+@review_app.command("import")
+def review_import(
+    run: Annotated[Path, typer.Argument(help="The run (or eval folder) the CSV came from.")],
+    file: Annotated[Path, typer.Argument(help="The filled-in review CSV.")],
+    json_: JsonOpt = False,
+) -> None:
+    """Fold reviewers' ratings into the evaluation (shown by `tuneloop report`)."""
+    from tuneloop.evaluate.report import _fmt
+    from tuneloop.evaluate.review import import_review
+
+    res = import_review(run, file)
+    if json_:
+        print_json(res)
+        return
+    for s, v in res["systems"].items():
+        out.print(f"{s}: mean rating {_fmt(v['mean_rating'])} (n={v['n']})")
+
+
+def register(app: typer.Typer) -> None:
+    """Mount eval, curve, report and review on the main app."""
+    app.command("eval")(eval_cmd)
+    app.command("curve")(curve_cmd)
+    app.command("report")(report_cmd)
+    app.add_typer(review_app, name="review")

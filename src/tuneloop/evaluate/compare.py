@@ -1,0 +1,49 @@
+"""Paired comparisons of the fine-tuned model against each baseline, on the same examples."""
+
+from __future__ import annotations
+
+from tuneloop.evaluate.scoring import PRIMARY, Scored
+from tuneloop.evaluate.stats import mcnemar, overlap, paired_bootstrap
+
+
+def compare(task_type: str, a_name: str, a: Scored, b_name: str, b: Scored, n: int,
+            n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """One record per tested metric: the difference a - b, its CI, p-value and a plain verdict."""
+    metrics = [PRIMARY[task_type]]
+    if task_type == "classification":
+        metrics.append("macro_f1")
+    elif task_type == "extraction":
+        metrics.insert(0, "exact_match")
+    out = []
+    for m in metrics:
+        if m not in a.stats or m not in b.stats:
+            continue
+        rec = {"a": a_name, "b": b_name, "metric": m}
+        rec |= paired_bootstrap(a.stats[m], b.stats[m], n, n_boot, seed)
+        if m in ("accuracy", "exact_match") and "correct" in a.per_example \
+                and "correct" in b.per_example:
+            mc = mcnemar(a.per_example["correct"], b.per_example["correct"])
+            rec |= {"p_value": mc["p_value"], "test": mc["test"],
+                    "only_a_correct": mc["only_a_correct"],
+                    "only_b_correct": mc["only_b_correct"],
+                    "bootstrap_p_value": rec["p_value"]}
+        rec["intervals_overlap"] = overlap(a.metrics[m]["ci"], b.metrics[m]["ci"])
+        rec["verdict"] = verdict(rec)
+        out.append(rec)
+    return out
+
+
+def verdict(rec: dict) -> str:
+    """One sentence a reader can act on; says so plainly when the data cannot decide."""
+    a, b, m, d = rec["a"], rec["b"], rec["metric"], rec["diff"]
+    p = rec["p_value"]
+    if p is None or d is None:
+        return f"{a} vs {b} on {m}: not enough data to compare"
+    if p < 0.05:
+        better = a if d > 0 else b
+        return (f"{better} is better on {m} by {abs(d):.3f} (p={p:.3g})"
+                + ("; the 95% intervals still overlap, so treat the size as rough"
+                   if rec["intervals_overlap"] else ""))
+    return (f"no significant difference on {m} ({a} - {b} = {d:+.3f}, p={p:.3g}); small data "
+            "is noisy: the intervals overlap" if rec["intervals_overlap"] else
+            f"no significant difference on {m} ({a} - {b} = {d:+.3f}, p={p:.3g})")

@@ -1,0 +1,156 @@
+"""`tuneloop report`: one evaluation as self-contained HTML (plots embedded), Markdown and JSON.
+
+Sections: systems x metrics with 95% intervals, paired comparisons, cost, learning curve,
+confusion matrix, the worst errors with their inputs, human ratings, seed variance.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from tuneloop.evaluate.suite import read_eval
+from tuneloop.runs import atomic_write_text, write_json
+
+
+def _fmt(m: dict | None) -> str:
+    if not m or m.get("value") is None:
+        return "n/a"
+    lo, hi = m["ci"]
+    return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{m['value']:.3f}"
+
+
+def worst_errors(result: dict, preds: list[dict], system: str = "finetuned",
+                 k: int = 10) -> list[dict]:
+    """The system's k worst examples: confident wrong labels, or lowest text scores."""
+    rows = [p for p in preds if p["system"] == system] or \
+        [p for p in preds if p["system"] == next(iter(result["systems"]), None)]
+    metric = result["primary_metric"]
+    if result["task"] == "classification":
+        wrong = [p for p in rows if not p.get("correct")]
+        wrong.sort(key=lambda p: -(p.get("confidence") or 0))
+        return wrong[:k]
+    key = "f1" if metric == "f1" else metric
+    scored = [p for p in rows if p.get(key) is not None]
+    return sorted(scored, key=lambda p: p[key])[:k]
+
+
+def build_report(run: str | Path, curve_dir: str | Path | None = None,
+                 out: Path | None = None) -> dict:
+    """Write report.html, report.md and report.json next to eval.json; returns their paths."""
+    result, preds, d = read_eval(run)
+    out = out or d / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    curve = None
+    if curve_dir:
+        curve = json.loads((Path(curve_dir) / "curve.json").read_text())
+    ratings_f = d / "review" / "ratings.json"
+    ratings = json.loads(ratings_f.read_text()) if ratings_f.exists() else None
+    errors = worst_errors(result, preds)
+    report = {"eval": result, "worst_errors": errors, "curve": curve, "review": ratings}
+    write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", markdown(report))
+    atomic_write_text(out / "report.html", to_html(report))
+    return {"html": str(out / "report.html"), "markdown": str(out / "report.md"),
+            "json": str(out / "report.json")}
+
+
+def _metric_names(result: dict) -> list[str]:
+    names: list[str] = []
+    for s in result["systems"].values():
+        names += [m for m in s["metrics"] if m not in names]
+    return names
+
+
+def markdown(rep: dict) -> str:
+    """The report as Markdown (tables + lists; no images)."""
+    r = rep["eval"]
+    metrics = _metric_names(r)
+    lines = [f"# Evaluation: {r['task']} ({r['examples']} {r['split']} examples, "
+             f"model {r['model']})", "", "## Systems (value [95% CI])", "",
+             "| system | " + " | ".join(metrics) + " |",
+             "|---|" + "---|" * len(metrics)]
+    for name, s in r["systems"].items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(s["metrics"].get(m)) for m in metrics)
+                     + " |")
+    lines += ["", "## Comparisons (paired, same examples)", ""]
+    lines += [f"- {c['verdict']} (diff {c['diff']:+.3f}, 95% CI [{c['ci'][0]:.3f}, "
+              f"{c['ci'][1]:.3f}], {c['test']})" for c in r["comparisons"]] or ["- none"]
+    lines += ["", "## Cost", "", "| system | latency s/example | tokens/query |", "|---|---|---|"]
+    for name, s in r["systems"].items():
+        c = s["cost"]
+        lines.append(f"| {name} | {c.get('latency_s_per_example')} | "
+                     f"{c.get('tokens_per_query')} |")
+    if r.get("seed_variance"):
+        lines += ["", "## Seed variance (fine-tuned)", ""]
+        lines += [f"- {m}: mean {v['mean']:.3f}, sd {v['std']:.3f}, values {v['values']}"
+                  for m, v in r["seed_variance"].items()]
+    if rep.get("curve"):
+        lines += ["", "## Learning curve", "", f"| train examples | {rep['curve']['metric']} |",
+                  "|---|---|"]
+        lines += [f"| {p['train_examples']} | {_fmt(p['metrics'][rep['curve']['metric']])} |"
+                  for p in rep["curve"]["points"]]
+    if rep.get("review"):
+        lines += ["", "## Human review", ""]
+        lines += [f"- {s}: mean rating {_fmt(v['mean_rating'])} over {v['n']} ratings"
+                  for s, v in rep["review"]["systems"].items()]
+    lines += ["", "## Worst errors (fine-tuned)", ""]
+    for e in rep["worst_errors"]:
+        inp = " ".join(str(e["input"]).split())[:300]
+        lines.append(f"- **{e['id']}**: expected `{e['reference'][:120]}`, got "
+                     f"`{str(e.get('generated') or e['prediction'])[:120]}`; input: {inp}")
+    return "\n".join(lines) + "\n"
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def to_html(rep: dict) -> str:
+    """Self-contained HTML: the Markdown sections as tables plus embedded PNG plots."""
+    from tuneloop.evaluate.plots import confusion_png, curve_png, systems_png
+
+    r = rep["eval"]
+    metrics = _metric_names(r)
+    e = html.escape
+    rows = "".join(f"<tr><th>{e(n)}</th>" + "".join(
+        f"<td>{e(_fmt(s['metrics'].get(m)))}</td>" for m in metrics) + "</tr>"
+        for n, s in r["systems"].items())
+    parts = [f"<h1>Evaluation: {e(r['task'])}</h1><p>{r['examples']} {e(r['split'])} examples;"
+             f" model {e(r['model'])}; 95% bootstrap intervals.</p>",
+             "<h2>Systems</h2><table><tr><th>system</th>"
+             + "".join(f"<th>{e(m)}</th>" for m in metrics) + f"</tr>{rows}</table>",
+             _img(systems_png(r, r["primary_metric"]), "systems")]
+    parts.append("<h2>Comparisons</h2><ul>" + "".join(
+        f"<li>{e(c['verdict'])} (diff {c['diff']:+.3f}, CI [{c['ci'][0]:.3f}, "
+        f"{c['ci'][1]:.3f}], {e(c['test'])})</li>" for c in r["comparisons"]) + "</ul>")
+    parts.append("<h2>Cost</h2><table><tr><th>system</th><th>cost</th></tr>" + "".join(
+        f"<tr><th>{e(n)}</th><td>{e(json.dumps(s['cost']))}</td></tr>"
+        for n, s in r["systems"].items()) + "</table>")
+    if r.get("seed_variance"):
+        parts.append("<h2>Seed variance</h2><ul>" + "".join(
+            f"<li>{e(m)}: mean {v['mean']:.3f}, sd {v['std']:.3f}</li>"
+            for m, v in r["seed_variance"].items()) + "</ul>")
+    if rep.get("curve"):
+        parts.append("<h2>Learning curve</h2>" + _img(curve_png(rep["curve"]), "curve"))
+    sysd = r["systems"].get("finetuned") or next(iter(r["systems"].values()))
+    if "confusion" in sysd.get("details", {}):
+        parts.append("<h2>Confusion matrix</h2>" + _img(confusion_png(
+            sysd["details"]["confusion"]), "confusion"))
+    if rep.get("review"):
+        parts.append("<h2>Human review</h2><ul>" + "".join(
+            f"<li>{e(s)}: {e(_fmt(v['mean_rating']))} (n={v['n']})</li>"
+            for s, v in rep["review"]["systems"].items()) + "</ul>")
+    parts.append("<h2>Worst errors</h2><table><tr><th>id</th><th>input</th><th>expected</th>"
+                 "<th>output</th></tr>" + "".join(
+                     f"<tr><td>{e(str(x['id']))}</td><td>{e(str(x['input'])[:600])}</td>"
+                     f"<td>{e(x['reference'])}</td>"
+                     f"<td>{e(str(x.get('generated') or x['prediction']))}</td></tr>"
+                     for x in rep["worst_errors"]) + "</table>")
+    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;"
+             "font-size:13px;vertical-align:top}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>tuneloop report</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")

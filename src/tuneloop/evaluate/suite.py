@@ -1,0 +1,194 @@
+"""`tuneloop eval`: the fine-tuned model and its baselines on the same examples, one JSON.
+
+Result shape: {"systems": {NAME: {"metrics": {METRIC: {"value", "ci"}}, "cost": {...}}},
+"comparisons": [...]} with NAME among zero_shot, few_shot, embedding_classifier, finetuned;
+plus the task, example counts, seed variance and notes. Per-example outputs go to
+predictions.jsonl beside eval.json for the report and human review.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tuneloop.config import Config, load_config
+from tuneloop.data.load import load_splits
+from tuneloop.errors import TuneloopError
+from tuneloop.evaluate.compare import compare
+from tuneloop.evaluate.scoring import PRIMARY, Scored, score
+from tuneloop.evaluate.systems import SystemOutput, run_embedding, run_llm
+from tuneloop.runs import write_json
+
+BASELINES = ("zero_shot", "few_shot", "embedding_classifier")
+
+
+def resolve_target(target: str | Path, overrides: list[str] | None) -> tuple[Config, Path | None]:
+    """A run folder (has config.yaml + adapter) or a config file/folder -> (config, run or None)."""
+    p = Path(target)
+    if (p / "config.yaml").exists() and ((p / "adapter").exists() or (p / "model").exists()):
+        return load_config(p / "config.yaml", overrides), p
+    return load_config(p, overrides), None
+
+
+def parse_baselines(spec: str | None, task_type: str) -> list[str]:
+    """Comma list -> names; default: every baseline that applies to the task."""
+    names = [s.strip() for s in (spec or ",".join(BASELINES)).split(",") if s.strip()]
+    bad = [n for n in names if n not in BASELINES and n != "none"]
+    if bad:
+        raise TuneloopError(f"--baselines: unknown {bad}; choose from {', '.join(BASELINES)}, none")
+    if task_type != "classification" and spec is None:
+        names = [n for n in names if n != "embedding_classifier"]
+    if "embedding_classifier" in names and task_type != "classification":
+        raise TuneloopError("embedding_classifier applies to classification tasks only")
+    return [n for n in names if n != "none"]
+
+
+def run_eval(target: str | Path, baselines: str | None = None, seeds: int | None = None,
+             limit: int | None = None, free_generation: bool = True, n_boot: int = 1000,
+             overrides: list[str] | None = None, out_dir: Path | None = None,
+             quiet: bool = False) -> dict:
+    """Evaluate a run (or only the baselines of a config); writes eval.json + predictions."""
+    from tuneloop.models.load import choose_placement, load_model, load_tokenizer, resolve_model
+    from tuneloop.models.tokens import ensure_template
+    from tuneloop.runs import load_run_model
+
+    cfg, run = resolve_target(target, overrides)
+    names = parse_baselines(baselines, cfg.task.type)
+    splits = load_splits(cfg)
+    examples, split_name = (splits.test, "test") if splits.test else (splits.validation,
+                                                                        "validation")
+    if not examples:
+        raise TuneloopError("no test or validation examples to evaluate; set data.test")
+    limit = limit or cfg.eval.max_examples
+    examples = examples[:limit] if limit else examples
+    validation = splits.validation[:limit] if limit else splits.validation
+    labels = cfg.task.labels or sorted({e.label for e in splits.train if e.label}) or None
+    if cfg.task.type == "classification" and labels:
+        cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"labels": labels})})
+    placement = choose_placement(cfg.model.device, cfg.model.dtype)
+    outputs: dict[str, SystemOutput] = {}
+    timings: dict[str, float] = {}
+    if {"zero_shot", "few_shot"} & set(names):
+        path = resolve_model(cfg.model.name)
+        tok = load_tokenizer(path)
+        ensure_template(tok)
+        base = load_model(path, placement).eval()
+        if "zero_shot" in names:
+            outputs["zero_shot"] = run_llm("zero_shot", base, tok, cfg, examples,
+                                           [e.prompt_messages for e in examples], validation,
+                                           free_generation, quiet)
+        if "few_shot" in names:
+            from tuneloop.evaluate.baselines import few_shot_prompts
+
+            t0 = time.perf_counter()
+            prompts = few_shot_prompts(examples, splits.train, cfg.eval.few_shot_k, cfg.task)
+            timings["few_shot_retrieval_s"] = time.perf_counter() - t0
+            outputs["few_shot"] = run_llm("few_shot", base, tok, cfg, examples, prompts, None,
+                                          free_generation, quiet)
+        del base
+    if "embedding_classifier" in names:
+        outputs["embedding_classifier"] = run_embedding(cfg, splits.train, examples)
+    runs = _seed_runs(cfg, run, seeds, quiet)
+    seed_scores: list[Scored] = []
+    for i, r in enumerate(runs):
+        model, tok, _ = load_run_model(r, placement)
+        o = run_llm("finetuned", model, tok, cfg, examples,
+                    [e.prompt_messages for e in examples], validation, free_generation, quiet)
+        if i == 0:
+            outputs["finetuned"] = o
+        seed_scores.append(score(o, examples, cfg.task.type, labels, n_boot, cfg.seed))
+        del model
+    scored = {k: score(o, examples, cfg.task.type, labels, n_boot, cfg.seed)
+              for k, o in outputs.items()}
+    result = _result(cfg, scored, outputs, examples, split_name, runs, seed_scores, n_boot)
+    result["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    out_dir = out_dir or _default_out(cfg, run)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "eval.json", result)
+    _write_predictions(out_dir / "predictions.jsonl", examples, outputs, scored, labels)
+    result["eval_dir"] = str(out_dir)
+    return result
+
+
+def _seed_runs(cfg: Config, run: Path | None, seeds: int | None, quiet: bool) -> list[Path]:
+    """The run plus retrained copies with seed+1, seed+2, ... up to `seeds` runs in all.
+
+    A config with --seeds K trains K runs; a config without it evaluates the baselines only.
+    """
+    from tuneloop.train.loop import train
+
+    runs = [run] if run else []
+    want = seeds if seeds is not None else len(runs)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    while len(runs) < want:
+        c = cfg.model_copy(deep=True)
+        c.seed = cfg.seed + len(runs)
+        c.output.name = f"seed{c.seed}-{stamp}"
+        runs.append(train(c, quiet=quiet)[0])
+    return runs
+
+
+def _default_out(cfg: Config, run: Path | None) -> Path:
+    if run is not None:
+        return run / "eval"
+    return Path(cfg.output.dir) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _result(cfg: Config, scored: dict[str, Scored], outputs: dict[str, SystemOutput],
+            examples, split_name: str, runs: list[Path], seed_scores: list[Scored],
+            n_boot: int) -> dict:
+    systems = {k: {"metrics": s.metrics, "cost": outputs[k].cost(), "details": s.details}
+               for k, s in scored.items()}
+    comparisons = []
+    if "finetuned" in scored:
+        for b in scored:
+            if b != "finetuned":
+                comparisons += compare(cfg.task.type, "finetuned", scored["finetuned"], b,
+                                       scored[b], len(examples), n_boot, cfg.seed)
+    res = {"task": cfg.task.type, "primary_metric": PRIMARY[cfg.task.type],
+           "split": split_name, "examples": len(examples), "model": cfg.model.name,
+           "runs": [str(r) for r in runs], "systems": systems, "comparisons": comparisons,
+           "bootstrap": {"resamples": n_boot, "level": 0.95, "seed": cfg.seed},
+           "notes": ["perplexity and bits_per_byte are on the validation split's targets",
+                     "intervals: 95% percentile bootstrap over examples"]}
+    if len(seed_scores) > 1:
+        res["seed_variance"] = {
+            m: {"values": [s.metrics[m]["value"] for s in seed_scores],
+                "mean": round(float(np.mean([s.metrics[m]["value"] for s in seed_scores])), 6),
+                "std": round(float(np.std([s.metrics[m]["value"] for s in seed_scores],
+                                          ddof=1)), 6)}
+            for m in seed_scores[0].metrics if seed_scores[0].metrics[m]["value"] is not None}
+    return res
+
+
+def _write_predictions(path: Path, examples, outputs: dict[str, SystemOutput],
+                       scored: dict[str, Scored], labels) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for name, o in outputs.items():
+            per = scored[name].per_example
+            for i, ex in enumerate(examples):
+                rec = {"system": name, "id": ex.id, "input": ex.user_text,
+                       "reference": ex.target, "prediction": o.preds[i]}
+                if o.gen is not None:
+                    rec["generated"] = o.gen[i]
+                if o.scores is not None and labels:
+                    s = o.scores[i]
+                    rec["confidence"] = float(np.exp(s.max() - np.logaddexp.reduce(s)))
+                for k, v in per.items():
+                    rec[k] = None if np.isnan(v[i]) else float(v[i])
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def read_eval(path: str | Path) -> tuple[dict, list[dict], Path]:
+    """eval.json and predictions from a run folder or an eval folder."""
+    p = Path(path)
+    d = p / "eval" if (p / "eval" / "eval.json").exists() else p
+    if not (d / "eval.json").exists():
+        raise TuneloopError(f"{p}: no eval.json; run `tuneloop eval {p}` first")
+    preds = []
+    if (d / "predictions.jsonl").exists():
+        preds = [json.loads(x) for x in (d / "predictions.jsonl").read_text().splitlines() if x]
+    return json.loads((d / "eval.json").read_text()), preds, d

@@ -1,0 +1,98 @@
+"""Run one system (an LLM with its prompts, or the embedding classifier) over the eval examples.
+
+The output keeps per-example predictions, timing and token counts, so metrics, paired tests,
+cost and the report's error list all come from one record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tuneloop.config import Config
+from tuneloop.data.schema import Example, Message
+
+
+@dataclass
+class SystemOutput:
+    """Everything one system produced on the eval set."""
+
+    name: str
+    preds: list[str | None]  # label (classification) or generated text
+    gen: list[str] | None = None  # classification: free-generated answers
+    gen_parsed: list[str | None] | None = None  # those answers mapped to labels (None: unparsed)
+    scores: np.ndarray | None = None  # classification: (n, labels) log-likelihoods or probs
+    seconds_per_example: float = 0.0
+    gen_seconds_per_example: float | None = None
+    prompt_tokens: list[int] = field(default_factory=list)
+    new_tokens: list[int] = field(default_factory=list)
+    val_nll: list[tuple[float, int, int]] | None = None  # validation (nll, tokens, bytes)
+
+    def cost(self) -> dict:
+        """Latency per example and tokens per query (prompt + generated)."""
+        c: dict = {"latency_s_per_example": round(self.seconds_per_example, 4)}
+        if self.gen_seconds_per_example is not None:
+            c["generation_latency_s_per_example"] = round(self.gen_seconds_per_example, 4)
+        if self.prompt_tokens:
+            p = float(np.mean(self.prompt_tokens))
+            g = float(np.mean(self.new_tokens)) if self.new_tokens else 0.0
+            c |= {"prompt_tokens_per_query": round(p, 1), "new_tokens_per_query": round(g, 1),
+                  "tokens_per_query": round(p + g, 1)}
+        else:
+            c["tokens_per_query"] = None  # no LLM tokens: MiniLM + logistic regression
+        return c
+
+
+def label_gen_tokens(tok, labels: Sequence[str]) -> int:
+    """Enough new tokens for the longest label plus a little slack for free generation."""
+    return max(len(tok(lab, add_special_tokens=False)["input_ids"]) for lab in labels) + 4
+
+
+def run_llm(name: str, model, tok, cfg: Config, examples: Sequence[Example],
+            prompts: Sequence[list[Message]], validation: Sequence[Example] | None,
+            free_generation: bool = True, quiet: bool = True) -> SystemOutput:
+    """Predict with an LLM: label scoring (+ free generation) or greedy generation by task."""
+    from tuneloop.evaluate.metrics import parse_label
+    from tuneloop.evaluate.runner import generate_with_counts, score_choices, target_nll
+    from tuneloop.models.tokens import encode_prompt
+
+    bs, n = cfg.eval.batch_size, max(len(examples), 1)
+    prompt_tokens = [len(encode_prompt(tok, p)) for p in prompts]
+    out = SystemOutput(name, [], prompt_tokens=prompt_tokens)
+    if cfg.task.type == "classification":
+        labels = list(cfg.task.labels or sorted({e.label for e in examples if e.label}))
+        t0 = time.perf_counter()
+        scores = score_choices(model, tok, prompts, labels, bs, quiet)
+        out.seconds_per_example = (time.perf_counter() - t0) / n
+        out.scores = scores.numpy()
+        out.preds = [labels[i] for i in scores.argmax(1).tolist()]
+        if free_generation:
+            t0 = time.perf_counter()
+            texts, counts = generate_with_counts(model, tok, prompts,
+                                                 label_gen_tokens(tok, labels), bs, quiet)
+            out.gen_seconds_per_example = (time.perf_counter() - t0) / n
+            out.gen = texts
+            out.new_tokens = counts
+            out.gen_parsed = [parse_label(t, labels) for t in texts]
+    else:
+        t0 = time.perf_counter()
+        texts, counts = generate_with_counts(model, tok, prompts, cfg.eval.max_new_tokens,
+                                             bs, quiet)
+        out.seconds_per_example = (time.perf_counter() - t0) / n
+        out.preds, out.new_tokens = list(texts), counts
+    if validation:
+        out.val_nll = target_nll(model, tok, validation, cfg.model.max_seq_len, bs, quiet)
+    return out
+
+
+def run_embedding(cfg: Config, train: Sequence[Example],
+                  examples: Sequence[Example]) -> SystemOutput:
+    """The MiniLM + logistic-regression classifier as a SystemOutput."""
+    from tuneloop.evaluate.baselines import embedding_classifier
+
+    pred, proba, spe = embedding_classifier(train, examples, cfg.task, cfg.seed)
+    return SystemOutput("embedding_classifier", list(pred), scores=np.log(proba + 1e-12),
+                        seconds_per_example=spe)
