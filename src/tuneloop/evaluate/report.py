@@ -135,10 +135,11 @@ def to_html(rep: dict) -> str:
             for m, v in r["seed_variance"].items()) + "</ul>")
     if rep.get("curve"):
         parts.append("<h2>Learning curve</h2>" + _img(curve_png(rep["curve"]), "curve"))
-    sysd = r["systems"].get("finetuned") or next(iter(r["systems"].values()))
-    if "confusion" in sysd.get("details", {}):
-        parts.append("<h2>Confusion matrix</h2>" + _img(confusion_png(
-            sysd["details"]["confusion"]), "confusion"))
+    det = r.get("details", {})
+    sysd = det.get("finetuned") or next(iter(det.values()), {})
+    if "confusion" in sysd:
+        parts.append("<h2>Confusion matrix</h2>" + _img(confusion_png(sysd["confusion"]),
+                                                         "confusion"))
     if rep.get("review"):
         parts.append("<h2>Human review</h2><ul>" + "".join(
             f"<li>{e(s)}: {e(_fmt(v['mean_rating']))} (n={v['n']})</li>"

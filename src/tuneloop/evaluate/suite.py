@@ -140,8 +140,7 @@ def _default_out(cfg: Config, run: Path | None) -> Path:
 def _result(cfg: Config, scored: dict[str, Scored], outputs: dict[str, SystemOutput],
             examples, split_name: str, runs: list[Path], seed_scores: list[Scored],
             n_boot: int) -> dict:
-    systems = {k: {"metrics": s.metrics, "cost": outputs[k].cost(), "details": s.details}
-               for k, s in scored.items()}
+    systems = {k: {"metrics": s.metrics, "cost": outputs[k].cost()} for k, s in scored.items()}
     comparisons = []
     if "finetuned" in scored:
         for b in scored:
@@ -151,6 +150,7 @@ def _result(cfg: Config, scored: dict[str, Scored], outputs: dict[str, SystemOut
     res = {"task": cfg.task.type, "primary_metric": PRIMARY[cfg.task.type],
            "split": split_name, "examples": len(examples), "model": cfg.model.name,
            "runs": [str(r) for r in runs], "systems": systems, "comparisons": comparisons,
+           "details": {k: s.details for k, s in scored.items()},
            "bootstrap": {"resamples": n_boot, "level": 0.95, "seed": cfg.seed},
            "notes": ["perplexity and bits_per_byte are on the validation split's targets",
                      "intervals: 95% percentile bootstrap over examples"]}

@@ -1,0 +1,65 @@
+"""Batched scoring/generation on a tiny random model: the fast paths equal the slow ones."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tuneloop.data.schema import Example, Message
+from tuneloop.evaluate.runner import (
+    generate,
+    perplexity_bpb,
+    score_choices,
+    score_choices_naive,
+    target_nll,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    from tuneloop.models.load import load_model, load_tokenizer
+    from tuneloop.models.tokens import ensure_template
+
+    tok = load_tokenizer(str(tiny_model))
+    ensure_template(tok)
+    return load_model(str(tiny_model)).eval(), tok
+
+
+def _prompts(n: int) -> list[list[Message]]:
+    return [[Message("user", "where is my card " * (i % 4 + 1) + str(i))] for i in range(n)]
+
+
+def test_shared_prefix_scoring_equals_full_sequences(tiny):
+    model, tok = tiny
+    labels = ["card_arrival", "exchange_rate", "yes", "no maybe"]
+    fast = score_choices(model, tok, _prompts(9), labels, batch_size=4)
+    slow = score_choices_naive(model, tok, _prompts(9), labels, batch_size=5)
+    assert fast.shape == (9, 4)
+    assert torch.allclose(fast, slow, atol=1e-4)
+
+
+def test_batched_generation_matches_one_at_a_time(tiny):
+    model, tok = tiny
+    prompts = _prompts(5)
+    batched = generate(model, tok, prompts, max_new_tokens=6, batch_size=5)
+    single = [generate(model, tok, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert batched == single
+
+
+def test_bits_per_byte_from_target_nll(tiny):
+    model, tok = tiny
+    exs = [Example(str(i), [Message("user", "hi " * (i + 1)), Message("assistant", "héllo")])
+           for i in range(3)]
+    rows = target_nll(model, tok, exs, batch_size=2)
+    assert all(r[2] == len("héllo".encode()) for r in rows)  # UTF-8 bytes, not characters
+    assert all(r[1] > 0 and r[0] > 0 for r in rows)
+    # batching must not change per-example values
+    single = [target_nll(model, tok, [e])[0] for e in exs]
+    for a, b in zip(rows, single, strict=True):
+        assert a[0] == pytest.approx(b[0], rel=1e-4) and a[1] == b[1]
+    m = perplexity_bpb(rows)
+    tot = sum(r[0] for r in rows)
+    assert m["bits_per_byte"] == pytest.approx(tot / math.log(2) / sum(r[2] for r in rows))
+    assert m["perplexity"] == pytest.approx(math.exp(tot / sum(r[1] for r in rows)))
