@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -56,10 +57,12 @@ def main() -> None:
             cut = next((k for k, t in enumerate(new) if t in stop), len(new))
             single.append(tok.decode(new[:cut], skip_special_tokens=True).strip())
     t_single = time.perf_counter() - t0
+    print(f"one at a time: {t_single:.1f}s", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
     batched = generate(model, tok, prompts, args.new_tokens, args.batch)
     t_batched = time.perf_counter() - t0
+    print(f"batched: {t_batched:.1f}s", file=sys.stderr, flush=True)
     same = sum(a == b for a, b in zip(single, batched, strict=True))
 
     labels = cfg.task.labels

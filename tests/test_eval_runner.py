@@ -63,3 +63,23 @@ def test_bits_per_byte_from_target_nll(tiny):
     tot = sum(r[0] for r in rows)
     assert m["bits_per_byte"] == pytest.approx(tot / math.log(2) / sum(r[2] for r in rows))
     assert m["perplexity"] == pytest.approx(math.exp(tot / sum(r[1] for r in rows)))
+
+
+@pytest.mark.integration
+def test_real_model_shared_prefix_scoring_and_batched_generation():
+    """On SmolLM2-135M: KV-shared label scoring equals full sequences; batching keeps outputs."""
+    from tuneloop.models.load import load_model, load_tokenizer, resolve_model
+    from tuneloop.models.tokens import ensure_template
+
+    path = resolve_model("smollm2-135m-instruct")
+    tok = load_tokenizer(path)
+    ensure_template(tok)
+    model = load_model(path).eval()
+    prompts = [[Message("user", f"Is {x} a fruit? Answer yes or no.")]
+               for x in ("an apple", "a chair made of oak wood", "banana")]
+    labels = ["yes", "no", "maybe"]
+    fast = score_choices(model, tok, prompts, labels, batch_size=2)
+    slow = score_choices_naive(model, tok, prompts, labels, batch_size=4)
+    assert torch.allclose(fast, slow, atol=1e-3)
+    batched = generate(model, tok, prompts, max_new_tokens=5, batch_size=3)
+    assert batched == [generate(model, tok, [p], max_new_tokens=5)[0] for p in prompts]

@@ -96,6 +96,13 @@ def markdown(rep: dict) -> str:
         lines += ["", "## Human review", ""]
         lines += [f"- {s}: mean rating {_fmt(v['mean_rating'])} over {v['n']} ratings"
                   for s, v in rep["review"]["systems"].items()]
+    det = r.get("details", {})
+    per = (det.get("finetuned") or next(iter(det.values()), {})).get("per_class")
+    if per:
+        lines += ["", "## Per class (fine-tuned, or the first system)", "",
+                  "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | "
+                  f"{v['support']} |" for k, v in per.items()]
     lines += ["", "## Worst errors (fine-tuned)", ""]
     for e in rep["worst_errors"]:
         inp = " ".join(str(e["input"]).split())[:300]
