@@ -4,7 +4,9 @@ Classification scores each label as a complete answer: log p(label + end-of-turn
 so "card" cannot win over "card_arrival" by being a prefix. The prompt is run once per example
 and its KV cache is shared by every label continuation (a 10-label task costs about one prompt
 pass, not ten). Generation is greedy, left-padded, length-sorted and stops at the template's
-end-of-turn token.
+end-of-turn token. Both compute the token prefix that all prompts share (chat template, system
+turn, instruction and label list) once per batch, not once per example: on a CPU, prompt
+prefill is the cost (benchmarks/eval_speed.py).
 """
 
 from __future__ import annotations
@@ -50,6 +52,42 @@ def _cache_of(output):
     return getattr(output, "cache", None) or output.past_key_values
 
 
+def common_prefix_len(seqs: Sequence[list[int]]) -> int:
+    """Tokens every prompt starts with (template, system turn, instruction), leaving each
+    prompt at least one token of its own."""
+    if not seqs:
+        return 0
+    n, first = min(len(q) for q in seqs) - 1, seqs[0]
+    for q in seqs[1:]:
+        k = 0
+        while k < n and q[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def _prefill(model, seqs: list[list[int]], shared: int, pad: int, dev):
+    """Run a batch of prompts: their shared prefix once (batch 1, cache repeated per row), then
+    the left-padded remainders. Returns last logits, cache, attention mask, next positions."""
+    b = len(seqs)
+    ids, attn = _left_pad([q[shared:] for q in seqs], pad)
+    ids, attn = ids.to(dev), attn.to(dev)
+    extra = {}
+    if shared:
+        pre = model(input_ids=torch.tensor([seqs[0][:shared]], device=dev), use_cache=True,
+                    logits_to_keep=1)
+        cache = _cache_of(pre)
+        cache.batch_repeat_interleave(b)
+        extra = {_cache_kw(model): cache}
+        attn = torch.cat([torch.ones(b, shared, dtype=attn.dtype, device=dev), attn], dim=1)
+    # Positions count real tokens only, so padding between prefix and remainder is invisible.
+    pos = _positions(attn)[:, shared:]
+    # logits_to_keep=1: only the last position's logits are needed from a prompt pass.
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                logits_to_keep=1, **extra)
+    return out.logits[:, -1].float(), _cache_of(out), attn, pos[:, -1:] + 1
+
+
 @torch.no_grad()
 def score_choices(model, tok, prompts: Sequence[list[Message]], choices: Sequence[str],
                   batch_size: int = 16, quiet: bool = True) -> torch.Tensor:
@@ -70,6 +108,7 @@ def score_encoded(model, prompts: list[list[int]], choice_ids: list[list[int]], 
         cont[c, :len(ids)] = torch.tensor(ids)
         cmask[c, :len(ids)] = 1
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    shared = common_prefix_len(prompts)
     out = torch.full((len(prompts), n_c), float("-inf"))
     dev = _device(model)
     # Continuation rows are prompts x choices; keep that product near the batch size.
@@ -78,22 +117,17 @@ def score_encoded(model, prompts: list[list[int]], choice_ids: list[list[int]], 
         task = bar.add_task("score", total=len(prompts))
         for s in range(0, len(order), per_batch):
             idx = order[s:s + per_batch]
-            ids, attn = _left_pad([prompts[i] for i in idx], pad)
-            ids, attn = ids.to(dev), attn.to(dev)
-            # logits_to_keep=1: only the last position's logits are needed from the prompt pass.
-            first = model(input_ids=ids, attention_mask=attn, position_ids=_positions(attn),
-                          use_cache=True, logits_to_keep=1)
-            first_logp = torch.log_softmax(first.logits[:, -1].float(), -1)  # (b, V)
+            logits, cache, attn, start = _prefill(model, [prompts[i] for i in idx], shared,
+                                                  pad, dev)
+            first_logp = torch.log_softmax(logits, -1)  # (b, V)
             b = len(idx)
             tgt = cont.to(dev).repeat(b, 1)  # row r: prompt r // n_c, choice r % n_c
             tmask = cmask.to(dev).repeat(b, 1)
             total = first_logp.repeat_interleave(n_c, 0).gather(1, tgt[:, :1])[:, 0]
             if width_c > 1:
-                cache = _cache_of(first)
                 cache.batch_repeat_interleave(n_c)
                 full_attn = torch.cat([attn.repeat_interleave(n_c, 0), tmask], dim=1)
-                start = attn.sum(1).repeat_interleave(n_c)[:, None]
-                pos = start + torch.arange(width_c - 1, device=dev)[None]
+                pos = start.repeat_interleave(n_c, 0) + torch.arange(width_c - 1, device=dev)[None]
                 logits = model(input_ids=tgt[:, :-1], attention_mask=full_attn[:, :-1],
                                position_ids=pos, **{_cache_kw(model): cache}).logits.float()
                 lp = torch.log_softmax(logits, -1).gather(2, tgt[:, 1:, None])[..., 0]
@@ -150,6 +184,7 @@ def generate_with_counts(model, tok, prompts: Sequence[list[Message]], max_new_t
     stop = sorted({eot, tok.eos_token_id} - {None})
     encoded = [encode_prompt(tok, m) for m in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    shared = common_prefix_len(encoded)
     results: list[str] = [""] * len(encoded)
     counts: list[int] = [0] * len(encoded)
     dev = _device(model)
@@ -158,18 +193,36 @@ def generate_with_counts(model, tok, prompts: Sequence[list[Message]], max_new_t
         task = bar.add_task("generate", total=len(encoded))
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            ids, attn = _left_pad([encoded[i] for i in idx], pad)
-            width = ids.shape[1]
-            gen = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev),
-                                 max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=stop, pad_token_id=pad)
+            new = _greedy(model, [encoded[i] for i in idx], shared, pad, dev, stop,
+                          max_new_tokens)
             for r, i in enumerate(idx):
-                new = gen[r, width:].tolist()
-                cut = next((k for k, t in enumerate(new) if t in stop), len(new))
-                results[i] = tok.decode(new[:cut], skip_special_tokens=True).strip()
-                counts[i] = min(cut + 1, len(new))
+                row = new[r].tolist()
+                cut = next((k for k, t in enumerate(row) if t in stop), len(row))
+                results[i] = tok.decode(row[:cut], skip_special_tokens=True).strip()
+                counts[i] = min(cut + 1, len(row))
             bar.advance(task, len(idx))
     return results, counts
+
+
+def _greedy(model, seqs: list[list[int]], shared: int, pad: int, dev, stop: list[int],
+            max_new_tokens: int) -> torch.Tensor:
+    """Greedy decoding of a batch with the KV cache; finished rows emit pad. (b, steps) ids."""
+    logits, cache, attn, pos = _prefill(model, seqs, shared, pad, dev)
+    stop_t = torch.tensor(stop, device=dev)
+    done = torch.zeros(len(seqs), dtype=torch.bool, device=dev)
+    steps = []
+    kw = _cache_kw(model)
+    for step in range(max_new_tokens):
+        nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
+        steps.append(nxt)
+        done |= torch.isin(nxt, stop_t)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
+                    use_cache=True, **{kw: cache})
+        logits, cache, pos = out.logits[:, -1].float(), _cache_of(out), pos + 1
+    return torch.stack(steps, dim=1).cpu()
 
 
 @torch.no_grad()
