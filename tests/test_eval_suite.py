@@ -112,3 +112,13 @@ def test_curve_nested_sizes(tmp_path, tiny_model):
 def test_bad_baseline_name_is_a_user_error(tiny_project):
     res = runner.invoke(app, ["eval", str(tiny_project), "--baselines", "gpt5"])
     assert res.exit_code != 0 and "unknown" in str(res.exception)
+
+
+def test_seeds_report_variance_from_a_config(tmp_path, tiny_model):
+    cfg = _project(tmp_path / "s", tiny_model)
+    res = json.loads(_ok(["eval", str(cfg), "--seeds", "2", "--baselines", "none",
+                          "--limit", "6", "--bootstrap", "50", "--no-generate",
+                          "--json"]).stdout)
+    assert set(res["systems"]) == {"finetuned"} and len(res["runs"]) == 2
+    sv = res["seed_variance"]["accuracy"]
+    assert len(sv["values"]) == 2 and sv["std"] >= 0

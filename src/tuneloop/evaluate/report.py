@@ -49,7 +49,9 @@ def build_report(run: str | Path, curve_dir: str | Path | None = None,
     ratings_f = d / "review" / "ratings.json"
     ratings = json.loads(ratings_f.read_text()) if ratings_f.exists() else None
     errors = worst_errors(result, preds)
-    report = {"eval": result, "worst_errors": errors, "curve": curve, "review": ratings}
+    who = "finetuned" if "finetuned" in result["systems"] else next(iter(result["systems"]), "")
+    report = {"eval": result, "worst_errors": errors, "worst_errors_system": who,
+              "curve": curve, "review": ratings}
     write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", markdown(report))
     atomic_write_text(out / "report.html", to_html(report))
@@ -99,11 +101,11 @@ def markdown(rep: dict) -> str:
     det = r.get("details", {})
     per = (det.get("finetuned") or next(iter(det.values()), {})).get("per_class")
     if per:
-        lines += ["", "## Per class (fine-tuned, or the first system)", "",
+        lines += ["", "## Per class (finetuned, or the first system)", "",
                   "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         lines += [f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | "
                   f"{v['support']} |" for k, v in per.items()]
-    lines += ["", "## Worst errors (fine-tuned)", ""]
+    lines += ["", f"## Worst errors ({rep.get('worst_errors_system', 'finetuned')})", ""]
     for e in rep["worst_errors"]:
         inp = " ".join(str(e["input"]).split())[:300]
         lines.append(f"- **{e['id']}**: expected `{e['reference'][:120]}`, got "
@@ -151,7 +153,9 @@ def to_html(rep: dict) -> str:
         parts.append("<h2>Human review</h2><ul>" + "".join(
             f"<li>{e(s)}: {e(_fmt(v['mean_rating']))} (n={v['n']})</li>"
             for s, v in rep["review"]["systems"].items()) + "</ul>")
-    parts.append("<h2>Worst errors</h2><table><tr><th>id</th><th>input</th><th>expected</th>"
+    who = e(rep.get("worst_errors_system", ""))
+    parts.append(f"<h2>Worst errors ({who})</h2><table><tr><th>id</th><th>input</th>"
+                 "<th>expected</th>"
                  "<th>output</th></tr>" + "".join(
                      f"<tr><td>{e(str(x['id']))}</td><td>{e(str(x['input'])[:600])}</td>"
                      f"<td>{e(x['reference'])}</td>"
