@@ -7,6 +7,10 @@ prompts: (1) HF `generate` one prompt at a time, (2) tuneloop's batched generati
 padding, KV cache, length-sorted batches), both greedy, with the outputs compared string by
 string; (3) label scoring with every prompt+label as its own sequence vs tuneloop's shared
 prompt pass whose KV cache all label continuations reuse, with the max score difference.
+
+Measured (2-core CPU without AMX, fp32, 2 threads, --n 32 --new-tokens 16 --batch 16):
+one-at-a-time generate 46.5 s, batched 8.4 s (5.55x), outputs 32/32 identical; label scoring
+121.7 s naive vs 17.9 s shared-prefix (6.8x), max |diff| 3.5e-05, same argmax 32/32.
 """
 
 from __future__ import annotations
