@@ -57,6 +57,9 @@ def run_eval(target: str | Path, baselines: str | None = None, seeds: int | None
 
     cfg, run = resolve_target(target, overrides)
     names = parse_baselines(baselines, cfg.task.type)
+    if not names and run is None and not seeds:
+        raise TuneloopError(f"{target}: nothing to evaluate: a config without --seeds has no "
+                            "fine-tuned model, and --baselines is none; pass a run folder")
     splits = load_splits(cfg)
     examples, split_name = (splits.test, "test") if splits.test else (splits.validation,
                                                                         "validation")
