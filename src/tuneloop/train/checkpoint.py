@@ -20,8 +20,16 @@ from safetensors.torch import load_file, save_file
 KEEP = 2
 
 
-def _trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """CPU copies of the trainable parameters (the adapter, or every weight for `full`)."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model, weights: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
 
 
 def rng_state() -> dict[str, Any]:
@@ -47,7 +55,7 @@ def save(ckpt_root: Path, step: int, model, optimizer, scheduler, loop_state: di
     tmp = ckpt_root / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_state()}, tmp / "state.pt")
     (tmp / "loop.json").write_text(json.dumps(loop_state))
@@ -68,11 +76,7 @@ def latest(ckpt_root: Path) -> Path | None:
 
 def load(path: Path, model, optimizer, scheduler) -> dict:
     """Restore a checkpoint into live objects; returns the loop state."""
-    weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    load_trainable(model, load_file(str(path / "trainable.safetensors")))
     state = torch.load(path / "state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

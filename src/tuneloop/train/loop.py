@@ -163,7 +163,7 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
                 if val < state.best_val - 1e-6:
                     state.best_val, state.best_step, state.bad_evals = val, state.step, 0
                     if cfg.train.early_stopping_patience:
-                        best_weights = _trainable_copy(acc.unwrap_model(model))
+                        best_weights = checkpoint.trainable_state(acc.unwrap_model(model))
                 else:
                     state.bad_evals += 1
                     pat = cfg.train.early_stopping_patience
@@ -193,7 +193,7 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
     # ---- save ------------------------------------------------------------------------------
     unwrapped = acc.unwrap_model(model)
     if best_weights is not None:
-        _load_trainable(unwrapped, best_weights)
+        checkpoint.load_trainable(unwrapped, best_weights)
     summary = {
         "run_dir": str(run), "method": cfg.method.name, "model": cfg.model.name,
         "steps": state.step, "planned_steps": steps, "epochs": round(plan.epoch_of(state.step * ga), 3),
@@ -218,17 +218,6 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
     # ---- cleanup ---------------------------------------------------------------------------
     acc.end_training()
     return run, summary
-
-
-def _trainable_copy(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _load_trainable(model, weights: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, w in weights.items():
-            params[n].copy_(w.to(params[n].device))
 
 
 class _Logger:
