@@ -59,4 +59,5 @@ def test_not_yaml_and_missing_file(tmp_path):
 def test_schema_lists_every_section():
     schema = json.loads(json_schema())
     assert set(schema["properties"]) == {"data", "task", "model", "method", "train", "eval",
-                                         "output", "seed"}
+                                         "output", "registry", "serve", "monitor",
+                                         "retrain", "seed"}

@@ -116,6 +116,48 @@ class OutputConfig(_Section):
     name: str | None = Field(None, description="Run folder name; default: method-timestamp.")
 
 
+class RegistryConfig(_Section):
+    """Where model versions and their aliases (champion, challenger) live."""
+
+    dir: str = Field("registry", description="Registry folder (relative to the config).")
+
+
+class ServeConfig(_Section):
+    """The OpenAI-compatible server and its traffic log."""
+
+    store_url: str | None = Field(
+        None, description="SQLAlchemy URL of the traffic store; default: sqlite file in the registry.")
+    api_key_env: str = Field("TUNELOOP_API_KEY",
+                             description="Env var holding the bearer API key (required off loopback).")
+    max_tokens: int = Field(512, ge=1, description="Upper bound on max_tokens per request.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
+
+
+class MonitorConfig(_Section):
+    """Drift signals and the thresholds that make `tuneloop monitor` exit 1."""
+
+    window: str = Field("7d", description="Traffic window, e.g. 24h, 7d.")
+    min_requests: int = Field(30, ge=1, description="Fewer requests in the window: no verdict.")
+    mmd_p_value: float = Field(0.01, gt=0, lt=1, description="Embedding MMD drift when p below this.")
+    domain_auc_margin: float = Field(
+        0.1, ge=0, le=0.5,
+        description="Drift when the domain-classifier AUC exceeds the random baseline by this.")
+    novel_term_rate: float = Field(0.3, ge=0, le=1,
+                                   description="Drift when the novel-term rate exceeds this.")
+    quality_drop: float = Field(0.1, ge=0, le=1, description="Drift when feedback quality falls by this.")
+
+
+class RetrainConfig(_Section):
+    """Incremental re-training and the champion/challenger gate."""
+
+    replay_fraction: float = Field(
+        0.5, ge=0, description="Replay sample of the original training data, as a share of new data.")
+    fresh: str | None = Field(None, description="Fresh labelled data file to add (optional).")
+    frozen_eval: str | None = Field(None, description="Frozen eval set; default: data.test.")
+    margin: float = Field(0.0, ge=0, description="Challenger must beat champion by this on the fresh slice.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired tests.")
+
+
 class Config(_Section):
     """A tuneloop project: one file, every stage."""
 
@@ -126,17 +168,22 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     seed: int = 0
 
     def resolve_paths(self, base: Path) -> Config:
         """Return a copy whose relative file paths are absolute, read against `base`."""
         c = self.model_copy(deep=True)
-        for key in ("train", "validation", "test"):
-            v = getattr(c.data, key)
+        for section, key in (("data", "train"), ("data", "validation"), ("data", "test"),
+                             ("output", "dir"), ("registry", "dir"), ("retrain", "fresh"),
+                             ("retrain", "frozen_eval")):
+            obj = getattr(c, section)
+            v = getattr(obj, key)
             if v is not None and not Path(v).expanduser().is_absolute():
-                setattr(c.data, key, str((base / v).resolve()))
-        if not Path(c.output.dir).expanduser().is_absolute():
-            c.output.dir = str((base / c.output.dir).resolve())
+                setattr(obj, key, str((base / v).resolve()))
         m = Path(c.model.name).expanduser()
         if not m.is_absolute() and (base / m).is_dir():
             c.model.name = str((base / m).resolve())
