@@ -97,3 +97,21 @@ def test_existing_run_folder_is_not_overwritten(tiny_project):
     train(cfg, quiet=True)
     with pytest.raises(TuneloopError, match="already exists"):
         train(cfg, quiet=True)
+
+
+def test_init_adapter_continues_from_saved_weights(tiny_project):
+    from tuneloop.errors import TuneloopError
+
+    first, _ = train(load_config(tiny_project, ["train.max_steps=3", "output.name=first"]), quiet=True)
+    start = load_file(first / "adapter" / "adapter_model.safetensors")
+    cfg = load_config(tiny_project, ["train.max_steps=1", "train.learning_rate=1e-12",
+                                     f"method.init_adapter={first / 'adapter'}", "output.name=second"])
+    second, _ = train(cfg, quiet=True)
+    after = load_file(second / "adapter" / "adapter_model.safetensors")
+    assert start.keys() == after.keys()
+    # A near-zero learning rate keeps the weights where the first run left them (LoRA B != 0).
+    assert any(v.abs().sum() > 0 for k, v in start.items() if "lora_B" in k)
+    assert all(torch.allclose(start[k], after[k], atol=1e-6) for k in start)
+    with pytest.raises(TuneloopError, match="adapter_config.json"):
+        train(load_config(tiny_project, ["method.init_adapter=/nonexistent", "output.name=x"]),
+              quiet=True)

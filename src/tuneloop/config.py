@@ -78,6 +78,9 @@ class MethodConfig(_Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     num_virtual_tokens: int = Field(20, ge=1, description="Prefix/prompt tuning length.")
+    init_adapter: str | None = Field(
+        None, description="Start from this saved adapter folder (incremental re-training); "
+                          "its own peft config replaces r/alpha/targets.")
 
 
 class TrainConfig(_Section):
@@ -179,7 +182,7 @@ class Config(_Section):
         c = self.model_copy(deep=True)
         for section, key in (("data", "train"), ("data", "validation"), ("data", "test"),
                              ("output", "dir"), ("registry", "dir"), ("retrain", "fresh"),
-                             ("retrain", "frozen_eval")):
+                             ("retrain", "frozen_eval"), ("method", "init_adapter")):
             obj = getattr(c, section)
             v = getattr(obj, key)
             if v is not None and not Path(v).expanduser().is_absolute():

@@ -29,6 +29,8 @@ def peft_config(m: MethodConfig):
 
 def wrap(model, m: MethodConfig):
     """Attach the method's trainable parameters; for `full`, train every weight."""
+    if m.init_adapter:
+        return _from_adapter(model, m)
     cfg = peft_config(m)
     if cfg is None:
         for p in model.parameters():
@@ -41,6 +43,24 @@ def wrap(model, m: MethodConfig):
     except ValueError as e:  # e.g. ia3 without known targets for this architecture
         raise TuneloopError(f"method {m.name!r} cannot be applied to this model: {e}; "
                             "set method.target_modules") from e
+
+
+def _from_adapter(model, m: MethodConfig):
+    """Continue training a saved adapter; only safetensors weights are accepted (no pickle)."""
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    folder = Path(m.init_adapter).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        raise TuneloopError(f"method.init_adapter: {folder} holds no adapter_config.json; "
+                            "point it at a run's adapter/ folder")
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise TuneloopError(f"method.init_adapter: {folder} has no adapter_model.safetensors "
+                            "(only safetensors adapters are loaded)")
+    if m.name == "full":
+        raise TuneloopError("method.init_adapter needs a peft method, not 'full'")
+    return PeftModel.from_pretrained(model, folder, is_trainable=True)
 
 
 def count_parameters(model) -> tuple[int, int]:
