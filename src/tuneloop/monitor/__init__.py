@@ -1,0 +1,1 @@
+"""After shipping: the traffic store, drift signals, and the retrain-and-gate loop."""

@@ -1,0 +1,202 @@
+"""The traffic store: every served request and every piece of feedback, in one SQL database.
+
+SQLAlchemy Core, so any SQLAlchemy URL works (PostgreSQL for a shared deployment); the default
+is a SQLite file next to the registry. SQLite runs in WAL mode with a busy timeout, so the
+server's writer threads and a concurrent `tuneloop monitor` reader do not block each other.
+Times are stored as naive UTC and returned as timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+)
+from sqlalchemy.exc import IntegrityError
+
+from tuneloop.config import Config
+from tuneloop.errors import TuneloopError
+
+metadata = MetaData()
+
+requests_table = Table(
+    "requests", metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("created", DateTime, nullable=False, index=True),
+    Column("model", String(128), nullable=False, index=True),
+    Column("version", String(128), nullable=False),
+    Column("endpoint", String(64), nullable=False),
+    Column("input_text", Text, nullable=False),
+    Column("request_json", Text, nullable=False),
+    Column("output_text", Text, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("status", Integer, nullable=False, default=200),
+)
+
+feedback_table = Table(
+    "feedback", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), ForeignKey("requests.request_id"), nullable=False, index=True),
+    Column("created", DateTime, nullable=False, index=True),
+    Column("rating", Float, nullable=True),
+    Column("corrected", Text, nullable=True),
+    Column("label", String(256), nullable=True),
+)
+
+REQUEST_COLUMNS = [c.name for c in requests_table.columns]
+
+
+def store_url(cfg: Config) -> str:
+    """The configured traffic-store URL, or a SQLite file in the registry folder."""
+    return cfg.serve.store_url or f"sqlite:///{Path(cfg.registry.dir) / 'traffic.db'}"
+
+
+def _to_db(dt: datetime | None) -> datetime:
+    """Naive UTC for storage; naive inputs are taken to be UTC already."""
+    if dt is None:
+        return datetime.now(UTC).replace(tzinfo=None)
+    return dt.astimezone(UTC).replace(tzinfo=None) if dt.tzinfo else dt
+
+
+def _from_db(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=UTC)
+
+
+class TrafficStore:
+    """Append requests and feedback; read them back by time window (oldest first)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        kwargs: dict[str, Any] = {}
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            db = url.split("///", 1)[-1]
+            if db and db != ":memory:" and not db.startswith("file:"):
+                Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            # Server handlers run in a threadpool: one connection may be used by several threads.
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        try:
+            self.engine = create_engine(url, **kwargs)
+        except Exception as e:  # bad URL or missing DB driver: a user error
+            raise TuneloopError(f"traffic store {url!r}: {e} (serve.store_url in the config)") from e
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        # SQLite allows one writer; serialising writers in-process avoids busy retries entirely.
+        self._write_lock = threading.Lock() if self.is_sqlite else None
+        metadata.create_all(self.engine)
+
+    def _write(self, stmt) -> None:
+        if self._write_lock:
+            with self._write_lock, self.engine.begin() as conn:
+                conn.execute(stmt)
+        else:
+            with self.engine.begin() as conn:
+                conn.execute(stmt)
+
+    def log_request(self, *, request_id: str, model: str, version: str, endpoint: str,
+                    input_text: str, request_json: str, output_text: str, latency_ms: float,
+                    prompt_tokens: int, completion_tokens: int, status: int = 200,
+                    created: datetime | None = None) -> None:
+        """Record one served request (input_text = the last user message, or the prompt)."""
+        self._write(insert(requests_table).values(
+            request_id=request_id, created=_to_db(created), model=model, version=version,
+            endpoint=endpoint, input_text=input_text, request_json=request_json,
+            output_text=output_text, latency_ms=float(latency_ms), prompt_tokens=int(prompt_tokens),
+            completion_tokens=int(completion_tokens), status=int(status)))
+
+    def has_request(self, request_id: str) -> bool:
+        """Whether a request with this id was logged."""
+        with self.engine.connect() as conn:
+            q = select(requests_table.c.request_id).where(requests_table.c.request_id == request_id)
+            return conn.execute(q).first() is not None
+
+    def add_feedback(self, *, request_id: str, rating: float | None = None, corrected: str | None = None,
+                     label: str | None = None, created: datetime | None = None) -> None:
+        """Attach a rating, a corrected answer or a label to a logged request."""
+        if rating is None and corrected is None and label is None:
+            raise TuneloopError("feedback needs at least one of rating, corrected or label")
+        # Checked explicitly: SQLite does not enforce foreign keys unless asked per connection.
+        if not self.has_request(request_id):
+            raise TuneloopError(f"feedback: unknown request id {request_id!r} (use the `id` of a "
+                                "completion response from this server)")
+        try:
+            self._write(insert(feedback_table).values(
+                request_id=request_id, created=_to_db(created),
+                rating=None if rating is None else float(rating), corrected=corrected, label=label))
+        except IntegrityError as e:
+            raise TuneloopError(f"feedback: unknown request id {request_id!r}") from e
+
+    def requests(self, since: datetime | None = None, until: datetime | None = None,
+                 model: str | None = None) -> list[dict]:
+        """Logged requests in [since, until), oldest first; optionally of one model name."""
+        t = requests_table
+        q = select(t)
+        if since is not None:
+            q = q.where(t.c.created >= _to_db(since))
+        if until is not None:
+            q = q.where(t.c.created < _to_db(until))
+        if model is not None:
+            q = q.where(t.c.model == model)
+        q = q.order_by(t.c.created, t.c.request_id)
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+        for r in rows:
+            r["created"] = _from_db(r["created"])
+        return rows
+
+    def feedback(self, since: datetime | None = None, until: datetime | None = None) -> list[dict]:
+        """Feedback in [since, until) joined with its request, oldest first."""
+        f, r = feedback_table, requests_table
+        q = select(f.c.request_id, f.c.rating, f.c.corrected, f.c.label, f.c.created,
+                   r.c.input_text, r.c.output_text, r.c.model, r.c.version,
+                   r.c.request_json).join(r, f.c.request_id == r.c.request_id)
+        if since is not None:
+            q = q.where(f.c.created >= _to_db(since))
+        if until is not None:
+            q = q.where(f.c.created < _to_db(until))
+        q = q.order_by(f.c.created, f.c.id)
+        with self.engine.connect() as conn:
+            rows = [dict(x._mapping) for x in conn.execute(q)]
+        for x in rows:
+            x["created"] = _from_db(x["created"])
+        return rows
+
+    def count_requests(self, status: int | None = None) -> int:
+        """Number of logged requests (optionally with one status code)."""
+        from sqlalchemy import func
+
+        q = select(func.count()).select_from(requests_table)
+        if status is not None:
+            q = q.where(requests_table.c.status == status)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes, fast
+    cur.close()

@@ -1,0 +1,306 @@
+"""Model versions and their aliases, on disk, with atomic pointer updates.
+
+    ROOT/versions/vN/          a frozen copy of a run: adapter/ (or model/), tokenizer/,
+                               config.yaml, summary.json, data.json, provenance.json
+    ROOT/registry.json         {"aliases": {"champion": "v2", ...}, "history": [...]}
+
+registry.json is the only mutable file and it is replaced atomically (temp, fsync, rename), so
+a crash mid-promotion leaves either the old or the new champion, never a torn file. Aliases and
+history share the file so they can never disagree. A version folder is built under a temp name
+and renamed into place, so a half-copied version is never visible.
+
+The first registered version becomes the champion (a registry with versions always has one to
+serve); later versions get no alias until promoted or named challenger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneloop.errors import TuneloopError
+from tuneloop.runs import atomic_write_text
+
+ALIASES = ("champion", "challenger")
+VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
+# A reference (version id or alias) as it may come from a client: no slashes, no dots-only names.
+REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+COPIED = ("adapter", "model", "tokenizer", "config.yaml", "summary.json", "data.json", "environment.json")
+
+
+@dataclass
+class Version:
+    """One registered model: where it is and where it came from."""
+
+    id: str
+    path: Path
+    base_model: str
+    data_hash: str
+    config: dict
+    metrics: dict
+    parent: str | None
+    created: str
+    note: str
+
+    @property
+    def kind(self) -> str:
+        """'adapter' (served over its base model) or 'model' (a full fine-tune)."""
+        return "model" if (self.path / "model").is_dir() else "adapter"
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.path / self.kind
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (for `registry show --json`)."""
+        return {"id": self.id, "path": str(self.path), "kind": self.kind, "base_model": self.base_model,
+                "data_hash": self.data_hash, "parent": self.parent, "created": self.created,
+                "note": self.note, "metrics": self.metrics, "config": self.config}
+
+
+def check_safetensors(folder: Path) -> None:
+    """Refuse weights a loader could unpickle (.bin/.pt/.pkl); require a .safetensors file."""
+    pickled = [p.name for p in folder.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
+    if pickled:
+        raise TuneloopError(f"{folder}: pickle-based weight files {pickled} are not loaded (code "
+                            "execution risk); save with safe_serialization=True")
+    if not any(folder.glob("*.safetensors")):
+        raise TuneloopError(f"{folder}: no .safetensors weights found")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Registry:
+    """Versions vN of fine-tuned models plus the champion/challenger aliases."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).expanduser().resolve()
+        self.versions_dir = self.root / "versions"
+        self.state_path = self.root / "registry.json"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Registry:
+        """The registry of a project (`registry.dir` of its config)."""
+        return cls(Path(cfg.registry.dir))
+
+    # ---- state ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self):
+        """Inter-process lock around read-modify-write of registry.json and version ids."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _state(self) -> dict[str, Any]:
+        if not self.state_path.exists():
+            return {"aliases": {}, "history": []}
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise TuneloopError(f"{self.state_path}: not valid JSON ({e}); it is only ever replaced "
+                                "atomically, so it was edited by hand; restore it") from None
+        state.setdefault("aliases", {})
+        state.setdefault("history", [])
+        return state
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        atomic_write_text(self.state_path, json.dumps(state, indent=2) + "\n")
+
+    # ---- reading -------------------------------------------------------------------------
+    def _read_version(self, folder: Path) -> Version:
+        prov = json.loads((folder / "provenance.json").read_text(encoding="utf-8"))
+        return Version(id=folder.name, path=folder, base_model=prov.get("base_model", ""),
+                       data_hash=prov.get("data_hash", ""), config=prov.get("config", {}),
+                       metrics=prov.get("metrics", {}), parent=prov.get("parent"),
+                       created=prov.get("created", ""), note=prov.get("note", ""))
+
+    def _ids(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        ids = [p.name for p in self.versions_dir.iterdir()
+               if VERSION_RE.match(p.name) and (p / "provenance.json").exists()]
+        return sorted(ids, key=lambda i: int(i[1:]))
+
+    def versions(self) -> list[Version]:
+        """Every registered version, oldest first."""
+        return [self._read_version(self.versions_dir / i) for i in self._ids()]
+
+    def aliases(self) -> dict[str, str]:
+        """Alias -> version id (e.g. {'champion': 'v2', 'challenger': 'v3'})."""
+        return dict(self._state()["aliases"])
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every promotion, rollback and alias change, oldest first."""
+        return list(self._state()["history"])
+
+    def resolve(self, ref: str) -> str:
+        """A version id from a version id or alias; validates the name (no paths)."""
+        if not isinstance(ref, str) or not REF_RE.match(ref):
+            raise TuneloopError(f"{ref!r} is not a valid model name (a version id like v3, or an "
+                                f"alias: {', '.join(ALIASES)})")
+        if ref in ALIASES or ref in self._state()["aliases"]:
+            vid = self._state()["aliases"].get(ref)
+            if vid is None:
+                raise TuneloopError(f"registry {self.root}: no {ref} yet (see `tuneloop registry list`)")
+            return vid
+        if not VERSION_RE.match(ref):
+            raise TuneloopError(f"registry {self.root}: unknown model {ref!r}; use a version id "
+                                f"(v1, v2, ...) or an alias ({', '.join(ALIASES)})")
+        return ref
+
+    def get(self, ref: str) -> Version:
+        """A version by id ('v3') or alias ('champion', 'challenger')."""
+        vid = self.resolve(ref)
+        folder = self.versions_dir / vid
+        if not (folder / "provenance.json").exists():
+            raise TuneloopError(f"registry {self.root}: no version {vid} "
+                                f"(have: {', '.join(self._ids()) or 'none'})")
+        return self._read_version(folder)
+
+    # ---- writing -------------------------------------------------------------------------
+    def register(self, run_dir: Path, parent: str | None = None, note: str = "",
+                 alias: str | None = None) -> Version:
+        """Copy a finished run folder into a new version vN with its provenance."""
+        run = Path(run_dir).expanduser().resolve()
+        weights = next((run / d for d in ("adapter", "model") if (run / d).is_dir()), None)
+        if weights is None:
+            raise TuneloopError(f"{run}: no adapter/ or model/ folder; register a finished run")
+        for need in ("config.yaml", "tokenizer"):
+            if not (run / need).exists():
+                raise TuneloopError(f"{run}: not a complete run folder (no {need})")
+        check_safetensors(weights)
+        config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+        data = _read_json(run / "data.json")
+        if parent is not None:
+            parent = self.get(parent).id
+        else:
+            parent = self._parent_from_init_adapter(config)
+        prov = {"base_model": config.get("model", {}).get("name", ""),
+                "data_hash": data.get("fingerprint", {}).get("train", ""),
+                "metrics": _read_json(run / "summary.json"), "parent": parent, "created": _now(),
+                "note": note, "source_run": str(run), "config": config}
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.versions_dir, prefix=".tmp-"))
+        try:
+            for name in COPIED:
+                src = run / name
+                if src.is_dir():
+                    shutil.copytree(src, tmp / name)
+                elif src.is_file():
+                    shutil.copy2(src, tmp / name)
+            if (run / "eval" / "eval.json").is_file():  # evaluation results travel with the version
+                shutil.copy2(run / "eval" / "eval.json", tmp / "eval.json")
+            atomic_write_text(tmp / "provenance.json", json.dumps(prov, indent=2, default=str) + "\n")
+            with self._locked():
+                ids = self._ids()
+                vid = f"v{int(ids[-1][1:]) + 1 if ids else 1}"
+                tmp.rename(self.versions_dir / vid)
+                state = self._state()
+                if "champion" not in state["aliases"]:
+                    self._set(state, "champion", vid, "promote", {"reason": "first registered version"})
+                if alias:
+                    self._set(state, alias, vid, "alias", {})
+                self._save_state(state)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self.get(vid)
+
+    def _parent_from_init_adapter(self, config: dict) -> str | None:
+        """A run continued from a registered adapter descends from that version."""
+        init = (config.get("method") or {}).get("init_adapter")
+        if not init:
+            return None
+        p = Path(init).resolve()
+        if p.parent.parent == self.versions_dir and VERSION_RE.match(p.parent.name):
+            return p.parent.name
+        return None
+
+    def _set(self, state: dict, alias: str, vid: str, action: str, evidence: dict | None) -> None:
+        old = state["aliases"].get(alias)
+        state["aliases"][alias] = vid
+        state["history"].append({"time": _now(), "action": action, "alias": alias, "from": old,
+                                 "to": vid, "evidence": evidence or {}})
+
+    def set_alias(self, alias: str, version_id: str) -> None:
+        """Point an alias at a version (atomic). Use promote() for the champion."""
+        if not REF_RE.match(alias) or VERSION_RE.match(alias):
+            raise TuneloopError(f"alias {alias!r}: use a name like 'challenger' (not a version id)")
+        with self._locked():
+            vid = self.get(version_id).id
+            state = self._state()
+            self._set(state, alias, vid, "promote" if alias == "champion" else "alias", {})
+            self._save_state(state)
+
+    def clear_alias(self, alias: str) -> None:
+        """Remove an alias (e.g. the challenger after it lost); the champion cannot be cleared."""
+        if alias == "champion":
+            raise TuneloopError("the champion alias cannot be removed; promote or roll back instead")
+        with self._locked():
+            state = self._state()
+            if state["aliases"].pop(alias, None) is not None:
+                state["history"].append({"time": _now(), "action": "clear", "alias": alias})
+                self._save_state(state)
+
+    def promote(self, ref: str, evidence: dict | None = None) -> Version:
+        """Make `ref` the champion; the history keeps the old champion and the evidence."""
+        with self._locked():
+            v = self.get(ref)
+            state = self._state()
+            self._set(state, "champion", v.id, "promote", evidence)
+            if state["aliases"].get("challenger") == v.id:
+                del state["aliases"]["challenger"]  # a promoted challenger is the champion now
+            self._save_state(state)
+        return v
+
+    def champion_stack(self) -> list[str]:
+        """Champions in promotion order, rollbacks undone: the last one is the champion."""
+        stack: list[str] = []
+        for e in self._state()["history"]:
+            if e.get("alias") != "champion":
+                continue
+            if e["action"] == "promote":
+                stack.append(e["to"])
+            elif e["action"] == "rollback" and stack:
+                stack.pop()
+        return stack
+
+    def rollback(self) -> Version:
+        """Make the previous champion the champion again."""
+        with self._locked():
+            stack = self.champion_stack()
+            if len(stack) < 2:
+                raise TuneloopError(f"registry {self.root}: no previous champion to roll back to")
+            state = self._state()
+            self._set(state, "champion", stack[-2], "rollback", {})
+            self._save_state(state)
+        return self.get(stack[-2])
+
+    # ---- loading -------------------------------------------------------------------------
+    def load(self, ref: str, placement: Any = None):
+        """(model, tokenizer) of a version: its base with the adapter, or its full weights."""
+        from tuneloop.runs import load_run_model
+
+        v = self.get(ref)
+        check_safetensors(v.weights_dir)
+        model, tok, _cfg = load_run_model(v.path, placement)
+        return model, tok
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
