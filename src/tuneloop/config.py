@@ -49,7 +49,18 @@ class TaskConfig(_Section):
     labels: list[str] | None = Field(None, description="The label list (classification).")
     prompt_template: str | None = Field(
         None, description="User turn for text/label rows; may use {text} and {labels}.")
+    baseline_template: str | None = Field(
+        None, description="User turn for the prompted base model (zero/few-shot) on text/label rows; "
+                          "default: prompt_template if it lists {labels}, else a label-list instruction.")
     system_prompt: str | None = Field(None, description="System turn added to every example.")
+
+    def baseline_prompt(self) -> str:
+        """The instruction a base model needs: a fine-tuned model may do with less."""
+        if self.baseline_template:
+            return self.baseline_template
+        if self.prompt_template and "{labels}" in self.prompt_template:
+            return self.prompt_template
+        return DEFAULT_CLASSIFY_TEMPLATE
 
     @model_validator(mode="after")
     def _labels_unique(self) -> TaskConfig:
@@ -81,6 +92,8 @@ class MethodConfig(_Section):
     init_adapter: str | None = Field(
         None, description="Start from this saved adapter folder (incremental re-training); "
                           "its own peft config replaces r/alpha/targets.")
+    quantize: Literal["4bit"] | None = Field(
+        None, description="QLoRA: load the frozen base in 4-bit (bitsandbytes NF4; CUDA only).")
 
 
 class TrainConfig(_Section):
@@ -100,7 +113,11 @@ class TrainConfig(_Section):
         None, ge=1, description="Stop after N evaluations without validation-loss improvement.")
     loss_on: Literal["assistant", "all"] = Field(
         "assistant", description="assistant: loss on assistant tokens only (prompt masked).")
-    packing: bool = Field(False, description="Pack several examples per row (isolated attention).")
+    packing: bool = Field(
+        False, description="Pack each micro-batch's examples into rows of up to model.max_seq_len "
+                           "tokens; position_ids restart per example, so attention stays isolated.")
+    group_by_length: bool = Field(
+        False, description="Without packing: batch examples of similar length (less padding).")
 
 
 class EvalConfig(_Section):

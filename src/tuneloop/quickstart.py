@@ -22,17 +22,20 @@ def example_config(overrides: list[str] | None = None) -> Config:
     return load_config(EXAMPLE / "tuneloop.yaml", overrides)
 
 
-def evaluate_classifier(model, tok, cfg: Config, examples, quiet: bool) -> dict[str, float]:
+def evaluate_classifier(model, tok, cfg: Config, examples, prompts, quiet: bool) -> dict[str, float]:
+    """Accuracy and macro-F1 by scoring each label's log-likelihood after each prompt."""
     from tuneloop.evaluate.metrics import classification_metrics
-    from tuneloop.evaluate.runner import classify
+    from tuneloop.evaluate.runner import score_choices
 
     labels = cfg.task.labels or sorted({ex.label for ex in examples})
-    pred = classify(model, tok, examples, labels, cfg.eval.batch_size, quiet)
+    scores = score_choices(model, tok, prompts, labels, cfg.eval.batch_size, quiet)
+    pred = [labels[i] for i in scores.argmax(1).tolist()]
     return classification_metrics([ex.label for ex in examples], pred, labels)
 
 
 def run_quickstart(overrides: list[str] | None = None, quiet: bool = False) -> dict:
     """Train on the example, evaluate base vs fine-tuned; returns run_dir and systems."""
+    from tuneloop.evaluate.baselines import prompted
     from tuneloop.models.load import choose_placement, load_model, load_tokenizer, resolve_model
     from tuneloop.models.tokens import ensure_template
     from tuneloop.runs import load_run_model, write_json
@@ -47,11 +50,15 @@ def run_quickstart(overrides: list[str] | None = None, quiet: bool = False) -> d
     tok = load_tokenizer(path)
     ensure_template(tok)
     base = load_model(path, placement).eval()
-    systems = {"base": evaluate_classifier(base, tok, cfg, test, quiet)}
+    # The base model is prompted with the label list; the fine-tuned one sees its short
+    # training prompt, which is the point: the labels live in its weights, not its context.
+    base_prompts = [prompted(ex, cfg.task) for ex in test]
+    systems = {"base": evaluate_classifier(base, tok, cfg, test, base_prompts, quiet)}
     del base
     run, summary = train(cfg, quiet=quiet)
     model, tok, _ = load_run_model(run, placement)
-    systems["finetuned"] = evaluate_classifier(model, tok, cfg, test, quiet)
+    systems["finetuned"] = evaluate_classifier(model, tok, cfg, test,
+                                               [ex.prompt_messages for ex in test], quiet)
     result = {"run_dir": str(run), "test_examples": len(test), "systems": systems,
               "train": {k: summary[k] for k in ("steps", "train_seconds", "val_loss")}}
     write_json(run / "quickstart.json", result)

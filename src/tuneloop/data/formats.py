@@ -83,6 +83,8 @@ class Normaliser:
             messages = [Message("user", user), Message("assistant", _text(row, "output"))]
         else:
             messages = self._classification_messages(_text(row, "text"), label or "")
+            # Kept so baselines can re-prompt the raw text with their own instruction.
+            meta = {**meta, "text": _text(row, "text")}
         if self.task.labels is not None and label is not None and label not in self.task.labels:
             raise RecordError(f"label {label!r} is not in task.labels {self.task.labels}; "
                               "fix the record or add the label to task.labels")
@@ -95,13 +97,17 @@ class Normaliser:
         if not label:
             raise RecordError("empty 'label'; expected one of task.labels")
         template = self.task.prompt_template or DEFAULT_CLASSIFY_TEMPLATE
-        labels = ", ".join(self.task.labels or [])
-        try:
-            user = template.format(text=text, labels=labels)
-        except (KeyError, IndexError) as e:
-            raise RecordError(f"task.prompt_template uses unknown field {e}; "
-                              "only {text} and {labels} are available") from None
-        return [Message("user", user), Message("assistant", label)]
+        return [Message("user", fill_template(template, text, self.task.labels)),
+                Message("assistant", label)]
+
+
+def fill_template(template: str, text: str, labels: list[str] | None) -> str:
+    """A classification user turn: the template with {text} and {labels} filled in."""
+    try:
+        return template.format(text=text, labels=", ".join(labels or []))
+    except (KeyError, IndexError) as e:
+        raise RecordError(f"task.prompt_template uses unknown field {e}; "
+                          "only {text} and {labels} are available") from None
 
 
 def _text(row: dict[str, Any], key: str) -> str:

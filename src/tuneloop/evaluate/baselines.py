@@ -1,6 +1,7 @@
 """The systems fine-tuning must beat, run on the same examples: zero-shot, few-shot, embeddings.
 
-- zero_shot: the base model on the task's own instruction prompt.
+- zero_shot: the base model on the task's instruction prompt (for text/label rows the
+  baseline template with the label list, `TaskConfig.baseline_prompt`).
 - few_shot: the base model with k training examples, retrieved by MiniLM similarity to each
   query, as earlier user/assistant turns (prompt engineering at its cheapest).
 - embedding_classifier: MiniLM sentence embeddings + logistic regression (no LLM at all).
@@ -14,11 +15,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from tuneloop.config import DEFAULT_CLASSIFY_TEMPLATE, TaskConfig
+from tuneloop.data.formats import fill_template
 from tuneloop.data.schema import Example, Message
 
 
 def raw_input(ex: Example, task: TaskConfig) -> str:
     """The user's own text without the task's prompt template, so embeddings see content only."""
+    if "text" in ex.meta:  # text/label rows keep their raw text
+        return str(ex.meta["text"])
     text = ex.user_text
     if task.type != "classification":
         return text
@@ -33,6 +37,16 @@ def raw_input(ex: Example, task: TaskConfig) -> str:
     if text.startswith(pre) and text.endswith(post):
         return text[len(pre):len(text) - len(post)]
     return text
+
+
+def prompted(ex: Example, task: TaskConfig) -> list[Message]:
+    """The prompt a base model sees: text/label rows re-rendered with the baseline instruction
+    (the label list), since a fine-tuned model's short training prompt means nothing to it."""
+    if task.type != "classification" or "text" not in ex.meta:
+        return ex.prompt_messages
+    system = [m for m in ex.messages[:1] if m.role == "system"]
+    user = fill_template(task.baseline_prompt(), str(ex.meta["text"]), task.labels)
+    return system + [Message("user", user)]
 
 
 def retrieve(queries: Sequence[str], pool: Sequence[str], k: int) -> list[list[int]]:
@@ -55,12 +69,12 @@ def few_shot_prompts(examples: Sequence[Example], train: Sequence[Example], k: i
                      [raw_input(t, task) for t in train], k)
     prompts = []
     for ex, idx in zip(examples, picks, strict=True):
-        msgs = ex.prompt_messages
+        msgs = prompted(ex, task)
         system = [m for m in msgs[:1] if m.role == "system"]
         shots: list[Message] = []
         for i in idx:
             shot = train[i]
-            shots += [m for m in shot.prompt_messages if m.role != "system"]
+            shots += [m for m in prompted(shot, task) if m.role != "system"]
             shots.append(Message("assistant", shot.target))
         prompts.append(system + shots + msgs[len(system):])
     return prompts

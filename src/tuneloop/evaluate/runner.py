@@ -160,14 +160,6 @@ def score_choices_naive(model, tok, prompts: Sequence[list[Message]], choices: S
     return out
 
 
-def classify(model, tok, examples: Sequence[Example], labels: Sequence[str],
-             batch_size: int = 16, quiet: bool = True) -> list[str]:
-    """The most likely label for each example (constrained to the label list)."""
-    scores = score_choices(model, tok, [ex.prompt_messages for ex in examples], labels,
-                           batch_size, quiet)
-    return [labels[i] for i in scores.argmax(dim=1).tolist()]
-
-
 @torch.no_grad()
 def generate(model, tok, prompts: Sequence[list[Message]], max_new_tokens: int = 64,
              batch_size: int = 8, quiet: bool = True) -> list[str]:

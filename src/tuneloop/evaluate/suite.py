@@ -80,8 +80,10 @@ def run_eval(target: str | Path, baselines: str | None = None, seeds: int | None
         ensure_template(tok)
         base = load_model(path, placement).eval()
         if "zero_shot" in names:
+            from tuneloop.evaluate.baselines import prompted
+
             outputs["zero_shot"] = run_llm("zero_shot", base, tok, cfg, examples,
-                                           [e.prompt_messages for e in examples], validation,
+                                           [prompted(e, cfg.task) for e in examples], validation,
                                            free_generation, quiet)
         if "few_shot" in names:
             from tuneloop.evaluate.baselines import few_shot_prompts
