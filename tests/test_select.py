@@ -1,0 +1,191 @@
+"""`tuneloop select` on tiny random models: ranking follows the measured numbers and the weights,
+--max-memory drops what does not fit, a broken candidate is reported without stopping the rest,
+and --write changes only model.name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import write_classification_project
+from tiny import build_tiny_model
+from tuneloop.cli import app
+from tuneloop.errors import TuneloopError
+from tuneloop.select import flat_metrics, parse_memory, run_select
+from tuneloop.select.rank import METRICS, parse_weights, rank
+from tuneloop.select.write import edit_model_name, set_model_name
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Two tiny models of clearly different size, a missing path and a folder that fails to load."""
+    root = tmp_path_factory.mktemp("cands")
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    return {"small": build_tiny_model(root / "small", vocab_size=300, hidden=32, layers=1),
+            "big": build_tiny_model(root / "big", vocab_size=600, hidden=128, layers=4),
+            "missing": root / "no-such-model", "broken": broken}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, models) -> Path:
+    return write_classification_project(
+        tmp_path_factory.mktemp("selproj"), models["small"], n=60,
+        data={"validation_fraction": 0.2}, train={"max_steps": 3}, eval={"few_shot_k": 2})
+
+
+@pytest.fixture(scope="module")
+def measured(project, models) -> dict:
+    """One in-process selection over all four candidates, shared by the ranking tests."""
+    names = [str(models[k]) for k in ("small", "missing", "big", "broken")]
+    return run_select(project, names, probe_steps=2, quiet=True, isolate=False)
+
+
+def _by_name(res: dict, models: dict, key: str) -> dict:
+    return next(c for c in res["candidates"] if c["name"] == str(models[key]))
+
+
+def test_broken_and_missing_candidates_are_reported_and_the_others_rank(measured, models):
+    assert _by_name(measured, models, "missing")["status"] == "failed"
+    assert "no such folder" in _by_name(measured, models, "missing")["error"]
+    broken = _by_name(measured, models, "broken")
+    assert broken["status"] == "failed" and broken["error"]
+    ok = [c for c in measured["candidates"] if c["status"] == "ok"]
+    assert {c["name"] for c in ok} == {str(models["small"]), str(models["big"])}
+    assert measured["winner"] in {c["name"] for c in ok}
+    assert [c["rank"] for c in ok] == [1, 2]
+
+
+def test_every_number_is_measured(measured, models):
+    small, big = _by_name(measured, models, "small"), _by_name(measured, models, "big")
+    assert big["params"] > 10 * small["params"]  # the sizes the fixture built
+    for c in (small, big):
+        m = c["metrics"]
+        assert set(m) == set(METRICS)
+        assert m["bpb"] > 0 and 0 <= m["zero_shot"] <= 1 and 0 <= m["few_shot"] <= 1
+        assert m["latency"] > 0 and m["memory"] > 0 and m["train_time"] > 0
+        assert m["adapt"] == c["probe"]["bpb_drop_per_step"] and c["probe"]["steps"] == 2
+        assert c["load_s"] > 0 and c["peak_rss_gb"] > 0
+        # bits per byte with a CI from scoring, and the plain sum agree
+        assert m["bpb"] == pytest.approx(c["quality"]["bpb_check"], abs=1e-3)
+        assert [g["gpu"] for g in c["gpu"]] == ["RTX 4090 24GB", "A100 80GB"]
+        assert c["explanation"].startswith(f"score {c['score']:.3f} = ")
+
+
+def test_score_is_the_weighted_sum_of_the_printed_terms(measured):
+    for c in (c for c in measured["candidates"] if c["status"] == "ok"):
+        total = sum(t["weight"] * t["normalised"] for t in c["terms"].values())
+        assert c["score"] == pytest.approx(total, abs=1e-3)
+        assert sum(t["weight"] for t in c["terms"].values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_single_metric_weights_order_by_that_measured_number(measured):
+    ok = [c for c in measured["candidates"] if c["status"] == "ok"]
+    for key, metric in METRICS.items():
+        vals = [c["metrics"][key] for c in ok]
+        if None in vals or len(set(vals)) < 2:
+            continue
+        first = rank(ok, {key: 1.0})[0]
+        best = max(vals) if metric.higher_is_better else min(vals)
+        assert first["metrics"][key] == best, key
+
+
+def test_flipping_weights_flips_the_order_where_the_numbers_disagree():
+    rows = [{"name": "fluent-but-slow", "metrics": {"bpb": 1.0, "latency": 0.04}},
+            {"name": "fast-but-vague", "metrics": {"bpb": 1.6, "latency": 0.01}}]
+    by_quality = rank(rows, parse_weights("bpb=0.9,latency=0.1"))
+    by_cost = rank(rows, parse_weights("bpb=0.1,latency=0.9"))
+    assert [r["name"] for r in by_quality] == ["fluent-but-slow", "fast-but-vague"]
+    assert [r["name"] for r in by_cost] == ["fast-but-vague", "fluent-but-slow"]
+    # relative-to-best normalisation: 1.0 / 1.6 and 0.01 / 0.04
+    assert by_quality[0]["score"] == pytest.approx(0.9 + 0.1 * 0.25)
+    assert by_quality[1]["score"] == pytest.approx(0.9 * 1.0 / 1.6 + 0.1)
+    assert "lost most on latency" in by_quality[0]["explanation"]
+
+
+def test_weights_flag():
+    w = parse_weights("quality=1,cost=0")
+    assert all(w[k] == 0 for k, m in METRICS.items() if m.group == "cost")
+    assert sum(w.values()) == pytest.approx(1)
+    assert parse_weights("quality=1,bpb=5")["bpb"] == 5
+    for bad in ("speed=1", "bpb=x", "bpb=-1"):
+        with pytest.raises(TuneloopError):
+            parse_weights(bad)
+    with pytest.raises(TuneloopError, match="every weight"):
+        rank([{"name": "a", "metrics": {"bpb": 1.0}}], {"latency": 1.0})
+
+
+def test_parse_memory():
+    assert parse_memory("8GB") == 8 and parse_memory("8gib") == 8 and parse_memory("2") == 2
+    assert parse_memory("512MB") == 0.5 and parse_memory("1.5 TB") == 1536
+    with pytest.raises(TuneloopError):
+        parse_memory("lots")
+
+
+def test_max_memory_drops_what_the_estimator_says_will_not_fit(project, models, monkeypatch):
+    import tuneloop.train.estimate as est
+
+    real = est.estimate
+
+    def sized(cfg, path, items, steps, placement):
+        # The estimator's RSS cannot tell two tiny models apart; scale it by parameter count.
+        r = real(cfg, path, items, steps, placement)
+        return r | {"estimated_peak_memory_gb": r["total_params"] / 1e6}
+
+    monkeypatch.setattr(est, "estimate", sized)
+    res = run_select(project, [str(models["small"]), str(models["big"])], max_memory="0.1GB",
+                     max_examples=4, quiet=True, isolate=False)
+    big, small = _by_name(res, models, "big"), _by_name(res, models, "small")
+    assert big["status"] == "dropped" and "exceeds --max-memory 0.1 GB" in big["error"]
+    assert small["status"] == "ok" and res["winner"] == small["name"]
+
+
+def test_write_changes_only_model_name(tmp_path):
+    text = ("# my project\nseed: 3\nmodel:   # the base\n  max_seq_len: 64\n"
+            "  name: smollm2-135m-instruct  # default\ntrain:\n  epochs: 1\n")
+    new = edit_model_name(text, "gemma3-270m")
+    assert new == text.replace("name: smollm2-135m-instruct", "name: gemma3-270m")
+    assert edit_model_name("data:\n  train: t.csv\n", "/a b/m") == \
+        'data:\n  train: t.csv\nmodel:\n  name: "/a b/m"\n'
+    assert "model:\n    name: x\n    dtype: auto" in edit_model_name("model:\n    dtype: auto\n", "x")
+    cfg = tmp_path / "tuneloop.yaml"
+    cfg.write_text(text)
+    w = set_model_name(tmp_path, "gemma3-270m")
+    assert (w["old"], w["new"]) == ("smollm2-135m-instruct", "gemma3-270m")
+    assert Path(w["backup"]).read_text() == text
+    assert yaml.safe_load(cfg.read_text())["model"] == {"max_seq_len": 64, "name": "gemma3-270m"}
+
+
+def test_cli_isolated_processes_json_and_write(tmp_path, models):
+    cfg = write_classification_project(tmp_path / "p", models["small"], n=40,
+                                       train={"max_steps": 2}, eval={"few_shot_k": 0})
+    before = yaml.safe_load(cfg.read_text())
+    res = runner.invoke(app, ["select", str(cfg), "--candidates",
+                              f"{models['big']},{models['broken']}", "--max-examples", "4",
+                              "--json", "--write", "--weights", "quality=1,cost=0"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    out = json.loads(res.stdout)
+    assert out["winner"] == str(models["big"])
+    broken = next(c for c in out["candidates"] if c["status"] == "failed")
+    assert broken["name"] == str(models["broken"]) and broken["failed_stage"] == "resolve"
+    assert out["weights"]["latency"] == 0 if "latency" in out["weights"] else True
+    after = yaml.safe_load(cfg.read_text())
+    assert after["model"]["name"] == str(models["big"])
+    after["model"]["name"] = before["model"]["name"]
+    assert after == before
+    # nothing measurable: exit code 1
+    res = runner.invoke(app, ["select", str(cfg), "--candidates", str(models["broken"]),
+                              "--json", "--max-examples", "4"])
+    assert res.exit_code == 1 and json.loads(res.stdout)["winner"] is None
+
+
+def test_flat_metrics_of_a_partial_result():
+    m = flat_metrics({"quality": {"bits_per_byte": {"value": 1.2, "ci": [1, 1.4]}}}, "accuracy")
+    assert m["bpb"] == 1.2 and m["zero_shot"] is None and m["adapt"] is None
