@@ -24,6 +24,8 @@ class BatchPlan:
     world: int
     rank: int
     seed: int
+    lengths: list[int] | None = None  # given: group similar lengths into batches (less padding)
+    mega: int = 32  # batches per length-sorted group: enough to sort, still well shuffled
 
     @property
     def global_batch(self) -> int:
@@ -34,8 +36,25 @@ class BatchPlan:
         return max(1, math.ceil(self.n / self.global_batch))
 
     def _permutation(self, epoch: int) -> list[int]:
+        cache = self.__dict__.setdefault("_cache", {})
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = self._order(epoch)
+        return cache[epoch]
+
+    def _order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(self.n, generator=g).tolist()
+        perm = torch.randperm(self.n, generator=g).tolist()
+        if not self.lengths:
+            return perm
+        # Like LengthGroupedSampler: sort inside groups of `mega` batches, then shuffle the
+        # order of the full batches (the last, partial one stays last).
+        gb, size = self.global_batch, self.global_batch * self.mega
+        ordered = [i for s in range(0, self.n, size)
+                   for i in sorted(perm[s:s + size], key=lambda i: -self.lengths[i])]
+        full = self.n // gb
+        order = torch.randperm(full, generator=g).tolist()
+        return [i for b in order for i in ordered[b * gb:(b + 1) * gb]] + ordered[full * gb:]
 
     def indices(self, k: int) -> list[int]:
         """This process's example indices for micro-batch k of the stream."""

@@ -18,12 +18,15 @@ import torch
 from tuneloop.config import Config
 from tuneloop.data.load import load_splits
 from tuneloop.data.schema import fingerprint
+from tuneloop.errors import TuneloopError
 from tuneloop.models.load import choose_placement, load_model, load_tokenizer, resolve_model
 from tuneloop.models.tokens import IGNORE, Encoded, encode_all, ensure_template
 from tuneloop.runs import environment, new_run_dir, write_json
 from tuneloop.train import checkpoint
 from tuneloop.train.batches import BatchPlan, collate, eval_batches
+from tuneloop.train.loss import TargetLoss
 from tuneloop.train.methods import count_parameters, wrap
+from tuneloop.train.packing import collate_packed
 
 
 @dataclass
@@ -46,7 +49,15 @@ def total_steps(cfg: Config, plan: BatchPlan) -> int:
     return max(1, math.ceil(cfg.train.epochs * plan.per_epoch / cfg.train.grad_accum))
 
 
-def validation_loss(model, items: list[Encoded], batch_size: int, pad_id: int, accelerator) -> float:
+def micro_batch(items: list[Encoded], pad_id: int, cfg: Config) -> dict[str, torch.Tensor]:
+    """One micro-batch: packed rows (train.packing) or right-padded rows."""
+    if cfg.train.packing:
+        return collate_packed(items, pad_id, cfg.model.max_seq_len)
+    return collate(items, pad_id)
+
+
+def validation_loss(model, loss_fn: TargetLoss, items: list[Encoded], batch_size: int, pad_id: int,
+                    accelerator) -> float:
     """Token-weighted mean loss on assistant tokens over the whole validation set."""
     model.eval()
     total = torch.zeros(2, device=accelerator.device)
@@ -55,9 +66,8 @@ def validation_loss(model, items: list[Encoded], batch_size: int, pad_id: int, a
         for batch in eval_batches(shard, batch_size, pad_id):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.autocast():
-                loss = model(**batch).loss.float()
-            n = (batch["labels"][:, 1:] != IGNORE).sum()
-            total += torch.stack([loss * n, n.float()])
+                loss_sum, n = loss_fn(model, batch)
+            total += torch.stack([loss_sum.float(), n.float()])
     model.train()
     total = accelerator.reduce(total, "sum")
     return (total[0] / total[1].clamp(min=1)).item()
@@ -82,12 +92,18 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
     train_items, train_rep = encode_all(tok, splits.train, cfg.model.max_seq_len, cfg.train.loss_on)
     val_items, val_rep = encode_all(tok, splits.validation, cfg.model.max_seq_len, cfg.train.loss_on)
     model = wrap(load_model(model_path, placement), cfg.method)
+    loss_fn = TargetLoss(model)  # before acc.prepare: it hooks the unwrapped decoder
+    if cfg.train.packing and not loss_fn.selective:
+        raise TuneloopError(f"train.packing does not work with method {cfg.method.name!r} (its "
+                            "virtual tokens would span packed examples); set train.packing: false")
     trainable, total_params = count_parameters(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate,
                                   weight_decay=cfg.train.weight_decay)
     plan = BatchPlan(len(train_items), cfg.train.batch_size, acc.num_processes,
-                     acc.process_index, cfg.seed)
+                     acc.process_index, cfg.seed,
+                     lengths=[len(e.input_ids) for e in train_items]
+                     if cfg.train.group_by_length and not cfg.train.packing else None)
     steps = total_steps(cfg, plan)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * steps), steps)
     model, optimizer = acc.prepare(model, optimizer)
@@ -127,17 +143,26 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
     try:
         while state.step < steps:
             rng_at_step, in_step = checkpoint.rng_state(), True
-            losses, tokens = [], 0
+            tokens, batches = 0, []
             for micro in range(ga):
-                batch = collate([train_items[i] for i in plan.indices(state.step * ga + micro)],
-                                tok.pad_token_id)
-                batch = {k: v.to(acc.device) for k, v in batch.items()}
-                tokens += int(batch["attention_mask"].sum())
+                items = [train_items[i] for i in plan.indices(state.step * ga + micro)]
+                tokens += sum(len(e.input_ids) for e in items)
+                batch = micro_batch(items, tok.pad_token_id, cfg)
+                batches.append({k: v.to(acc.device) for k, v in batch.items()})
+            # Token-weighted over the whole optimizer step (every micro-batch, every process):
+            # N processes with global batch B then follow the same trajectory as one with B.
+            n_step = sum((b["labels"][:, 1:] != IGNORE).sum() for b in batches).float()
+            if acc.num_processes > 1:
+                n_step = acc.reduce(n_step, "sum")
+            n_step = n_step.clamp(min=1)
+            step_sum = torch.zeros((), device=acc.device)
+            for micro, batch in enumerate(batches):
                 sync = nullcontext() if micro == ga - 1 else acc.no_sync(model)
                 with sync:
-                    loss = model(**batch).loss
-                    acc.backward(loss / ga)
-                losses.append(loss.detach().float())
+                    loss_sum, _ = loss_fn(model, batch)
+                    # DDP averages gradients over processes; scale back to a global token sum.
+                    acc.backward(loss_sum * acc.num_processes / n_step)
+                step_sum += loss_sum.detach().float()
             grad_norm = None
             if cfg.train.max_grad_norm:
                 grad_norm = float(acc.clip_grad_norm_(params, cfg.train.max_grad_norm))
@@ -148,7 +173,7 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
             in_step = False
             state.tokens += tokens * acc.num_processes
             state.elapsed = time.perf_counter() - t0
-            train_loss = acc.reduce(torch.stack(losses).mean(), "mean").item()
+            train_loss = (acc.reduce(step_sum, "sum") / n_step).item()
             lr = scheduler.get_last_lr()[0]
             log.write({"step": state.step, "epoch": round(plan.epoch_of(state.step * ga), 4),
                        "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
@@ -157,7 +182,8 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
                 bar.update(task, completed=state.step, loss=train_loss, lr=lr,
                            tps=state.tokens / max(state.elapsed, 1e-9))
             if val_items and (state.step % cfg.train.eval_every == 0 or state.step == steps):
-                val = validation_loss(model, val_items, cfg.eval.batch_size, tok.pad_token_id, acc)
+                val = validation_loss(model, loss_fn, val_items, cfg.eval.batch_size,
+                                      tok.pad_token_id, acc)
                 state.last_val = val
                 log.write({"step": state.step, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
                 if val < state.best_val - 1e-6:
