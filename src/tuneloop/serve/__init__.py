@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server: model pool (engine), request guard, routes (app), CLI."""

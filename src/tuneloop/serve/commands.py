@@ -1,0 +1,83 @@
+"""`tuneloop serve`: the registry's models behind an OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tuneloop.console import err
+
+
+def build(config: Path, model: str = "champion", store: str | None = None, preload: bool = True):
+    """(app, settings) for a project: registry + base model + traffic store from its config."""
+    from tuneloop.config import load_config
+    from tuneloop.monitor.store import TrafficStore, store_url
+    from tuneloop.registry import Registry
+    from tuneloop.serve.app import ServeSettings, create_app
+    from tuneloop.serve.engine import BASE, ModelPool
+
+    cfg = load_config(config)
+    registry = Registry.from_config(cfg)
+    has_versions = bool(registry.versions())
+    pool = ModelPool(registry, cfg.model.name)
+    if model != BASE and not has_versions:
+        from tuneloop.errors import TuneloopError
+
+        raise TuneloopError(f"registry {registry.root} has no versions to serve as {model!r}; register "
+                            "a run (`tuneloop registry add RUN`) or serve the base model with --model base")
+    if preload:  # load at start-up, so the first request is not the one that waits
+        pool.handle(pool.resolve(model))
+    settings = ServeSettings(api_key=os.environ.get(cfg.serve.api_key_env) or None,
+                             max_tokens=cfg.serve.max_tokens, max_body_bytes=cfg.serve.max_body_bytes,
+                             default_model=model)
+    app = create_app(pool, TrafficStore(store or store_url(cfg)), settings)
+    return app, settings, cfg
+
+
+def serve(
+    config: Annotated[Path, typer.Argument(
+        help="tuneloop.yaml (or its folder): registry, base model, `serve` limits and the traffic store.")]
+        = Path("tuneloop.yaml"),
+    model: Annotated[str, typer.Option(
+        help="Model to load at start-up and to answer `model: \"default\"`: an alias (champion, "
+             "challenger), a version id (v3) or `base`. Clients may name any registered version.")]
+        = "champion",
+    host: Annotated[str, typer.Option(help="Interface to bind. Beyond loopback an API key is required.")]
+        = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    store: Annotated[str | None, typer.Option(
+        help="SQLAlchemy URL of the traffic log (default: serve.store_url, else REGISTRY/traffic.db).")]
+        = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve registered models with an OpenAI-compatible API and log every request.
+
+    Endpoints: `/v1/chat/completions` (also `stream: true`), `/v1/completions`, `/v1/models`,
+    `/v1/feedback` (rating, corrected answer or label for a completion `id`), `/health`,
+    `/metrics` (Prometheus). The `model` field picks the version: `champion`, `challenger`,
+    `v3` or `base`; aliases are re-read per request, so `tuneloop registry promote` takes effect
+    without a restart.
+
+    Example: `tuneloop serve examples/support-intents --model champion --port 8000`, then
+    `OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")`.
+    """
+    import uvicorn
+
+    from tuneloop.config import load_config
+    from tuneloop.serve.guard import check_bind
+
+    cfg = load_config(config)
+    check_bind(host, os.environ.get(cfg.serve.api_key_env) or None, cfg.serve.api_key_env)
+    app, settings, cfg = build(config, model, store)
+    auth = f"bearer key from ${cfg.serve.api_key_env}" if settings.api_key else "no API key (loopback only)"
+    err.print(f"serving {model} on http://{host}:{port}/v1 ({auth}); traffic log: "
+              f"{app.state.store.url}", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def register(app: typer.Typer) -> None:
+    """Mount `tuneloop serve`."""
+    app.command("serve")(serve)

@@ -1,0 +1,282 @@
+"""The models behind the server: one base model in memory, many adapters over it.
+
+A request names a registry version (`v3`), an alias (`champion`, re-read on every request so a
+promotion takes effect without a restart) or `base`. Adapters are loaded on first use with
+peft's `load_adapter` and switched with `set_adapter`; a full fine-tune gets its own model.
+Generation is not thread-safe (the active adapter is model state), so one lock serialises it;
+the server calls in from a threadpool, which keeps the event loop free.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuneloop.errors import TuneloopError
+from tuneloop.registry import REF_RE, Registry, check_safetensors
+
+BASE = "base"
+
+
+class UnknownModel(TuneloopError):
+    """The requested model is not a version, alias or 'base' this server knows (HTTP 404)."""
+
+
+@dataclass
+class Params:
+    """Decoding settings of one request."""
+
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Generation:
+    """What one request produced, with the counts the response and the traffic log need."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    version: str
+
+
+@dataclass
+class _Loaded:
+    """A model in memory: a base (maybe wrapped by peft) or a full fine-tune."""
+
+    model: Any
+    tok: Any
+    adapters: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Handle:
+    """How to run one served model: which weights, which adapter (None = base weights)."""
+
+    version: str
+    loaded: _Loaded
+    adapter: str | None
+
+
+class ModelPool:
+    """Resolve model names, load weights once, generate under a lock."""
+
+    def __init__(self, registry: Registry | None, base_model: str, placement: Any = None):
+        from tuneloop.models.load import choose_placement
+
+        self.registry = registry
+        self.base_name = base_model
+        self.placement = placement or choose_placement("auto", "fp32")
+        self.lock = threading.RLock()
+        self._bases: dict[str, _Loaded] = {}  # resolved base path -> loaded base
+        self._handles: dict[str, Handle] = {}  # version id -> handle
+
+    # ---- names ---------------------------------------------------------------------------
+    def resolve(self, name: str) -> str:
+        """The version id ('v3' or 'base') that `name` means right now."""
+        if not isinstance(name, str) or not REF_RE.match(name):
+            raise UnknownModel(f"invalid model name {name!r}: use a version id (v3), an alias "
+                               "(champion, challenger) or 'base'")
+        if name == BASE:
+            return BASE
+        if self.registry is None:
+            raise UnknownModel(f"model {name!r} not found: this server has no registry, only 'base'")
+        try:
+            return self.registry.get(name).id
+        except TuneloopError as e:
+            raise UnknownModel(str(e)) from None
+
+    def names(self) -> list[str]:
+        """Every name a client may use: aliases, versions and 'base'."""
+        if self.registry is None:
+            return [BASE]
+        return list(self.registry.aliases()) + [v.id for v in self.registry.versions()] + [BASE]
+
+    # ---- loading -------------------------------------------------------------------------
+    def _base(self, name: str) -> _Loaded:
+        from tuneloop.models.load import load_model, load_tokenizer, resolve_model
+        from tuneloop.models.tokens import ensure_template
+
+        path = resolve_model(name)
+        if path not in self._bases:
+            if Path(path).is_dir():
+                check_safetensors(Path(path))
+            tok = load_tokenizer(path)
+            ensure_template(tok)
+            model = load_model(path, self.placement)
+            model.eval()
+            self._bases[path] = _Loaded(model, tok)
+        return self._bases[path]
+
+    def handle(self, version: str) -> Handle:
+        """Load (once) what `version` needs and return how to run it."""
+        with self.lock:
+            if version in self._handles:
+                return self._handles[version]
+            if version == BASE:
+                h = Handle(BASE, self._base(self.base_name), None)
+            else:
+                h = self._load_version(version)
+            self._handles[version] = h
+            return h
+
+    def _load_version(self, vid: str) -> Handle:
+        from peft import PeftModel
+
+        from tuneloop.models.load import load_model, load_tokenizer
+        from tuneloop.models.tokens import ensure_template
+
+        assert self.registry is not None
+        v = self.registry.get(vid)
+        check_safetensors(v.weights_dir)
+        tok = load_tokenizer(str(v.path / "tokenizer"))
+        ensure_template(tok)
+        if v.kind == "model":  # a full fine-tune: its own weights
+            model = load_model(str(v.weights_dir), self.placement)
+            model.eval()
+            return Handle(vid, _Loaded(model, tok), None)
+        base = self._base(v.base_model)
+        if isinstance(base.model, PeftModel):
+            base.model.load_adapter(str(v.weights_dir), adapter_name=vid)
+        else:
+            base.model = PeftModel.from_pretrained(base.model, str(v.weights_dir), adapter_name=vid)
+        base.model.eval()
+        base.adapters.add(vid)
+        # The version's own tokenizer (same vocabulary as its base) renders its prompts.
+        return Handle(vid, _Loaded(base.model, tok, base.adapters), vid)
+
+    # ---- prompts -------------------------------------------------------------------------
+    def chat_prompt(self, h: Handle, messages: list[tuple[str, str]]) -> list[int]:
+        """Token ids of a conversation plus the generation prompt, in the model's template."""
+        from tuneloop.data.schema import Message
+        from tuneloop.models.tokens import encode_prompt
+
+        return encode_prompt(h.loaded.tok, [Message(r, c) for r, c in messages])
+
+    def text_prompt(self, h: Handle, prompt: str) -> list[int]:
+        """Token ids of a raw prompt (the completions endpoint applies no template)."""
+        return h.loaded.tok(prompt, add_special_tokens=False)["input_ids"]
+
+    # ---- generation ----------------------------------------------------------------------
+    def _stop_ids(self, tok) -> list[int]:
+        from tuneloop.models.tokens import end_of_turn_id
+
+        try:
+            eot = end_of_turn_id(tok)
+        except TuneloopError:
+            eot = None
+        return sorted({eot, tok.eos_token_id} - {None})
+
+    def _run(self, h: Handle, ids: list[int], p: Params, streamer=None, cancel=None) -> Generation:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), bool(cancel and cancel.is_set()),
+                                  dtype=torch.bool, device=input_ids.device)
+
+        tok = h.loaded.tok
+        stop_ids = self._stop_ids(tok)
+        kw: dict[str, Any] = {"max_new_tokens": p.max_tokens, "eos_token_id": stop_ids,
+                              "pad_token_id": tok.pad_token_id, "streamer": streamer,
+                              "stopping_criteria": StoppingCriteriaList([_Cancelled()])}
+        if p.stop:
+            kw.update(stop_strings=p.stop, tokenizer=tok)
+        if p.temperature:
+            kw.update(do_sample=True, temperature=p.temperature, top_p=p.top_p or 1.0, top_k=0)
+        else:  # greedy, as in evaluation: the same prompt gets the answer that was measured
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with self.lock:
+            model = h.loaded.model
+            dev = next(model.parameters()).device
+            x = torch.tensor([ids], device=dev)
+            if h.adapter is not None:
+                model.set_adapter(h.adapter)
+                ctx = nullcontext()
+            else:
+                ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+            if p.seed is not None:
+                torch.manual_seed(p.seed)
+            with ctx, torch.no_grad():
+                out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), **kw)
+        new = out[0, len(ids):].tolist()
+        cut = next((k for k, t in enumerate(new) if t in stop_ids), None)
+        finish = "stop" if cut is not None else "length"
+        text = tok.decode(new[:cut] if cut is not None else new, skip_special_tokens=True)
+        for s in p.stop:
+            if s in text:
+                text, finish = text[:text.index(s)], "stop"
+        return Generation(text, len(ids), len(new) if cut is None else cut + 1, finish, h.version)
+
+    def generate(self, h: Handle, ids: list[int], p: Params) -> Generation:
+        """One completion (blocking; call it from a worker thread)."""
+        return self._run(h, ids, p)
+
+    def stream(self, h: Handle, ids: list[int], p: Params) -> StreamJob:
+        """Start a completion whose text arrives piece by piece (iterate the job)."""
+        return StreamJob(self, h, ids, p)
+
+
+class StreamJob:
+    """Generation in a background thread; iterating yields text pieces, then `.result` is set.
+
+    Text that could be the start of a stop string is held back until it is known not to be.
+    """
+
+    def __init__(self, pool: ModelPool, h: Handle, ids: list[int], p: Params):
+        from transformers import TextIteratorStreamer
+
+        self.cancel = threading.Event()
+        self.result: Generation | None = None
+        self.error: BaseException | None = None
+        self._stops = p.stop
+        self._streamer = TextIteratorStreamer(h.loaded.tok, skip_prompt=True, skip_special_tokens=True,
+                                              timeout=600)
+        self.started = time.perf_counter()
+        self._thread = threading.Thread(target=self._work, args=(pool, h, ids, p), daemon=True)
+        self._thread.start()
+
+    def _work(self, pool: ModelPool, h: Handle, ids: list[int], p: Params) -> None:
+        try:
+            self.result = pool._run(h, ids, p, self._streamer, self.cancel)
+        except BaseException as e:  # re-raised in the consumer's thread
+            self.error = e
+            self._streamer.end()
+
+    def __iter__(self) -> Iterator[str]:
+        sent, buf = 0, ""
+        hold = max((len(s) for s in self._stops), default=1) - 1
+        for piece in self._streamer:
+            buf += piece
+            cut = min((buf.index(s) for s in self._stops if s in buf), default=None)
+            if cut is not None:
+                if cut > sent:
+                    yield buf[sent:cut]
+                sent = cut
+                self.cancel.set()
+                break
+            safe = len(buf) - hold
+            if safe > sent:
+                yield buf[sent:safe]
+                sent = safe
+        else:
+            if len(buf) > sent:
+                yield buf[sent:]
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Stop generating (the client went away)."""
+        self.cancel.set()
