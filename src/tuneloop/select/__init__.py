@@ -99,7 +99,14 @@ def flat_metrics(r: dict, primary: str) -> dict:
             "adapt": (r.get("probe") or {}).get("bpb_drop_per_step"),
             "latency": (r.get("latency") or {}).get("s_per_token"),
             "memory": (r.get("train") or {}).get("estimated_peak_memory_gb"),
-            "train_time": (r.get("train") or {}).get("estimated_train_minutes")}
+            "train_time": _train_minutes(r.get("train"))}
+
+
+def _train_minutes(t: dict | None) -> float | None:
+    """The estimator's minutes, unrounded (it rounds to 0.01, which is 0 for tiny runs)."""
+    if not t or not t.get("measured_tokens_per_s"):
+        return None
+    return round(t["planned_tokens"] / t["measured_tokens_per_s"] / 60, 5)
 
 
 def _gpu_rows(r: dict, cfg) -> list[dict]:

@@ -126,6 +126,7 @@ def measure(spec: dict, report: Report = lambda stage: None) -> dict:
 
 
 def _measure(spec: dict, res: dict, report: Report) -> None:
+    from tuneloop.evaluate.baselines import prompted
     from tuneloop.evaluate.runner import perplexity_bpb
     from tuneloop.evaluate.scoring import PRIMARY, score
     from tuneloop.evaluate.systems import run_llm
@@ -181,8 +182,10 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
     res["arch"] = _arch(model)
 
     stage("zero_shot")
-    zs = run_llm("zero_shot", model, tok, cfg, val, [e.prompt_messages for e in val], val,
-                 free_generation=False)
+    # The prompted baseline (label list for text/label rows), as `tuneloop eval` runs it; bpb
+    # is on the validation examples as training renders them: where fine-tuning starts.
+    prompts = [prompted(e, cfg.task) for e in val]
+    zs = run_llm("zero_shot", model, tok, cfg, val, prompts, val, free_generation=False)
     zs_scored = score(zs, val, task, labels, n_boot, cfg.seed, faithfulness=False)
     q = zs_scored.metrics
     res["quality"] = {"examples": len(val), "primary_metric": primary,
@@ -194,15 +197,15 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
 
     stage("few_shot")
     if spec.get("few_shot_prompts"):
-        prompts = [[Message(**m) for m in p] for p in spec["few_shot_prompts"]]
-        fs = run_llm("few_shot", model, tok, cfg, val, prompts, None, free_generation=False)
+        shots = [[Message(**m) for m in p] for p in spec["few_shot_prompts"]]
+        fs = run_llm("few_shot", model, tok, cfg, val, shots, None, free_generation=False)
         res["quality"]["few_shot"] = score(fs, val, task, labels, n_boot, cfg.seed,
                                            faithfulness=False).metrics
         res["quality"]["few_shot_s_per_example"] = round(fs.seconds_per_example, 4)
 
     stage("latency")
     k = spec.get("latency_prompts", 4)
-    res["latency"] = _latency(model, tok, [e.prompt_messages for e in val[:k]],
+    res["latency"] = _latency(model, tok, prompts[:k],
                               spec.get("latency_tokens", 24))
     res["peak_rss_gb"] = round(_peak_rss() / 2**30, 3)
     res["memory_kind"] = ("process peak RSS (VmHWM) during load, scoring and generation"
