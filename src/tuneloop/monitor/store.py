@@ -89,8 +89,12 @@ class TrafficStore:
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             db = url.split("///", 1)[-1]
-            if db and db != ":memory:" and not db.startswith("file:"):
+            if db and db != ":memory:" and not db.startswith(("file:", "sqlite:")):
                 Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            else:  # in-memory: one shared connection, or every thread would see its own empty DB
+                from sqlalchemy.pool import StaticPool
+
+                kwargs["poolclass"] = StaticPool
             # Server handlers run in a threadpool: one connection may be used by several threads.
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         try:
