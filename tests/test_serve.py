@@ -21,7 +21,7 @@ from tuneloop.errors import TuneloopError
 from tuneloop.monitor.store import TrafficStore
 from tuneloop.registry import Registry
 from tuneloop.serve.app import ServeSettings, create_app
-from tuneloop.serve.engine import ModelPool
+from tuneloop.serve.engine import ModelPool, Params
 from tuneloop.serve.guard import check_bind
 
 MSG = [{"role": "system", "content": "Answer briefly."},
@@ -216,3 +216,19 @@ def test_binding_beyond_loopback_needs_a_key():
     check_bind("0.0.0.0", "key", "K")
     with pytest.raises(TuneloopError, match="API key"):
         check_bind("0.0.0.0", None, "TUNELOOP_API_KEY")
+
+
+def test_concurrent_greedy_requests_are_batched_with_the_same_answers(served):
+    pool = served["pool"]
+    h = pool.handle("v2")
+    prompts = ["hello world", "The card has not arrived yet. Where", "What is the exchange rate", "positive"]
+    rows = [pool.text_prompt(h, t) for t in prompts]
+    params = [Params(max_tokens=n) for n in (8, 3, 8, 5)]
+    alone = [pool.generate(h, r, p) for r, p in zip(rows, params, strict=True)]
+    before = pool.stats["largest_batch"]
+    with pool.lock:  # hold the model so that the requests queue up behind the first
+        futures = [pool.submit(h, r, p) for r, p in zip(rows, params, strict=True)]
+    together = [f.result(timeout=60) for f in futures]
+    assert pool.stats["largest_batch"] >= 2 and pool.stats["largest_batch"] >= before
+    assert [(g.text, g.completion_tokens, g.finish_reason) for g in together] == \
+        [(g.text, g.completion_tokens, g.finish_reason) for g in alone]

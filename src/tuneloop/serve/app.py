@@ -7,6 +7,7 @@ and answering (health, metrics, queued requests) while a completion is generated
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -63,7 +64,7 @@ def create_app(pool: ModelPool, store: TrafficStore, settings: ServeSettings) ->
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "default_model": settings.default_model,
-                "loaded": sorted(pool._handles)}
+                "loaded": sorted(pool._handles), "batching": dict(pool.stats)}
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -140,7 +141,10 @@ def create_app(pool: ModelPool, store: TrafficStore, settings: ServeSettings) ->
                 _sse(pool, h, ids, params, kind, rid, req.model, include_usage, log),
                 media_type="text/event-stream", headers=headers | {"Cache-Control": "no-cache"})
         try:
-            gen = await run_in_threadpool(pool.generate, h, ids, params)
+            if pool.batchable(params):  # waits on the batcher without holding a worker thread
+                gen = await asyncio.wrap_future(pool.submit(h, ids, params))
+            else:
+                gen = await run_in_threadpool(pool.generate, h, ids, params)
         except Exception:
             await run_in_threadpool(log, Generation("", len(ids), 0, "error", h.version), 500)
             raise

@@ -3,15 +3,19 @@
 A request names a registry version (`v3`), an alias (`champion`, re-read on every request so a
 promotion takes effect without a restart) or `base`. Adapters are loaded on first use with
 peft's `load_adapter` and switched with `set_adapter`; a full fine-tune gets its own model.
-Generation is not thread-safe (the active adapter is model state), so one lock serialises it;
-the server calls in from a threadpool, which keeps the event loop free.
+Generation is not thread-safe (the active adapter is model state), so one lock serialises it.
+Greedy requests are micro-batched: those that arrive while a batch runs are generated together
+as the next (left-padded) batch per model version, so concurrent clients share the forward
+passes instead of queueing one by one. Sampled, seeded and stop-string requests run alone.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +76,8 @@ class Handle:
 class ModelPool:
     """Resolve model names, load weights once, generate under a lock."""
 
-    def __init__(self, registry: Registry | None, base_model: str, placement: Any = None):
+    def __init__(self, registry: Registry | None, base_model: str, placement: Any = None,
+                 max_batch: int = 16):
         from tuneloop.models.load import choose_placement
 
         self.registry = registry
@@ -81,6 +86,11 @@ class ModelPool:
         self.lock = threading.RLock()
         self._bases: dict[str, _Loaded] = {}  # resolved base path -> loaded base
         self._handles: dict[str, Handle] = {}  # version id -> handle
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._batcher: threading.Thread | None = None
+        self._batcher_lock = threading.Lock()
+        self.stats = {"batches": 0, "batched_requests": 0, "largest_batch": 0}
 
     # ---- names ---------------------------------------------------------------------------
     def resolve(self, name: str) -> str:
@@ -178,7 +188,17 @@ class ModelPool:
             eot = None
         return sorted({eot, tok.eos_token_id} - {None})
 
-    def _run(self, h: Handle, ids: list[int], p: Params, streamer=None, cancel=None) -> Generation:
+    def _activate(self, h: Handle):
+        """Select the handle's adapter (or disable adapters for the base); caller holds the lock."""
+        model = h.loaded.model
+        if h.adapter is not None:
+            model.set_adapter(h.adapter)
+            return nullcontext()
+        return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+
+    def _generate(self, h: Handle, rows: list[list[int]], ps: list[Params], streamer=None,
+                  cancel=None) -> list[Generation]:
+        """Generate for one or more prompts of one model (left-padded batch); holds the lock."""
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         class _Cancelled(StoppingCriteria):
@@ -186,9 +206,9 @@ class ModelPool:
                 return torch.full((input_ids.shape[0],), bool(cancel and cancel.is_set()),
                                   dtype=torch.bool, device=input_ids.device)
 
-        tok = h.loaded.tok
+        tok, p = h.loaded.tok, ps[0]
         stop_ids = self._stop_ids(tok)
-        kw: dict[str, Any] = {"max_new_tokens": p.max_tokens, "eos_token_id": stop_ids,
+        kw: dict[str, Any] = {"max_new_tokens": max(q.max_tokens for q in ps), "eos_token_id": stop_ids,
                               "pad_token_id": tok.pad_token_id, "streamer": streamer,
                               "stopping_criteria": StoppingCriteriaList([_Cancelled()])}
         if p.stop:
@@ -197,31 +217,78 @@ class ModelPool:
             kw.update(do_sample=True, temperature=p.temperature, top_p=p.top_p or 1.0, top_k=0)
         else:  # greedy, as in evaluation: the same prompt gets the answer that was measured
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        width = max(len(r) for r in rows)
+        x = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(x)
+        for i, r in enumerate(rows):  # left padding: every prompt ends where generation starts
+            x[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
         with self.lock:
-            model = h.loaded.model
-            dev = next(model.parameters()).device
-            x = torch.tensor([ids], device=dev)
-            if h.adapter is not None:
-                model.set_adapter(h.adapter)
-                ctx = nullcontext()
-            else:
-                ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+            dev = next(h.loaded.model.parameters()).device
             if p.seed is not None:
                 torch.manual_seed(p.seed)
-            with ctx, torch.no_grad():
-                out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), **kw)
-        new = out[0, len(ids):].tolist()
+            with self._activate(h), torch.no_grad():
+                out = h.loaded.model.generate(input_ids=x.to(dev), attention_mask=mask.to(dev), **kw)
+        return [self._result(h, tok, rows[i], out[i, width:].tolist()[:q.max_tokens], stop_ids, q.stop)
+                for i, q in enumerate(ps)]
+
+    @staticmethod
+    def _result(h: Handle, tok, prompt: list[int], new: list[int], stop_ids: list[int],
+                stops: list[str]) -> Generation:
         cut = next((k for k, t in enumerate(new) if t in stop_ids), None)
         finish = "stop" if cut is not None else "length"
         text = tok.decode(new[:cut] if cut is not None else new, skip_special_tokens=True)
-        for s in p.stop:
+        for s in stops:
             if s in text:
                 text, finish = text[:text.index(s)], "stop"
-        return Generation(text, len(ids), len(new) if cut is None else cut + 1, finish, h.version)
+        return Generation(text, len(prompt), len(new) if cut is None else cut + 1, finish, h.version)
+
+    # ---- micro-batching ------------------------------------------------------------------
+    @staticmethod
+    def batchable(p: Params) -> bool:
+        """Greedy requests without stop strings or seeds can share a batch (same result)."""
+        return not p.temperature and not p.stop and p.seed is None
+
+    def submit(self, h: Handle, ids: list[int], p: Params) -> Future:
+        """Queue a greedy request; requests that arrive while a batch runs form the next one."""
+        fut: Future = Future()
+        with self._batcher_lock:
+            if self._batcher is None:
+                self._batcher = threading.Thread(target=self._batch_loop, daemon=True,
+                                                 name="tuneloop-batcher")
+                self._batcher.start()
+        self._queue.put((h, ids, p, fut))
+        return fut
+
+    def _batch_loop(self) -> None:
+        while True:
+            jobs = [self._queue.get()]
+            while len(jobs) < self.max_batch:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            groups: dict[str, list] = {}
+            for j in jobs:
+                groups.setdefault(j[0].version, []).append(j)
+            for group in groups.values():
+                self.stats["batches"] += 1
+                self.stats["batched_requests"] += len(group)
+                self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
+                try:
+                    gens = self._generate(group[0][0], [j[1] for j in group], [j[2] for j in group])
+                except BaseException as e:  # the waiting requests get the error, the loop lives on
+                    for j in group:
+                        j[3].set_exception(e)
+                    continue
+                for j, g in zip(group, gens, strict=True):
+                    j[3].set_result(g)
 
     def generate(self, h: Handle, ids: list[int], p: Params) -> Generation:
         """One completion (blocking; call it from a worker thread)."""
-        return self._run(h, ids, p)
+        if self.batchable(p):
+            return self.submit(h, ids, p).result()
+        return self._generate(h, [ids], [p])[0]
 
     def stream(self, h: Handle, ids: list[int], p: Params) -> StreamJob:
         """Start a completion whose text arrives piece by piece (iterate the job)."""
@@ -249,7 +316,7 @@ class StreamJob:
 
     def _work(self, pool: ModelPool, h: Handle, ids: list[int], p: Params) -> None:
         try:
-            self.result = pool._run(h, ids, p, self._streamer, self.cancel)
+            self.result = pool._generate(h, [ids], [p], self._streamer, self.cancel)[0]
         except BaseException as e:  # re-raised in the consumer's thread
             self.error = e
             self._streamer.end()
