@@ -86,6 +86,14 @@ def _isolated(spec: dict, report: Report) -> dict:
                          + (f": {tail[-1]}" if tail else ""), "stderr_tail": tail[-20:]}
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def flat_metrics(r: dict, primary: str) -> dict:
     """The numbers the ranking uses, from one measured result (None where not measured)."""
     q = r.get("quality") or {}
@@ -160,7 +168,10 @@ def run_select(config: str | Path, candidates: list[str], max_memory: str | None
                 bar.update(task, completed=done, description=f"{c}: {stage}")
 
             s = spec | {"candidate": c}
+            cpu0 = _cpu_seconds()
             r = _isolated(s, report) if isolate else measure(s, report)
+            # CPU seconds do not depend on how many other processes share the machine.
+            r["cpu_s"] = round(_cpu_seconds() - cpu0, 1)
             bar.update(task, completed=len(stages), description=f"{c}: {r['status']}")
             results.append(r)
     primary = PRIMARY[cfg.task.type]
