@@ -227,10 +227,16 @@ class ModelPool:
             dev = next(h.loaded.model.parameters()).device
             if p.seed is not None:
                 torch.manual_seed(p.seed)
-            with self._activate(h), torch.no_grad():
+            with self._activate(h), self._autocast(), torch.no_grad():
                 out = h.loaded.model.generate(input_ids=x.to(dev), attention_mask=mask.to(dev), **kw)
         return [self._result(h, tok, rows[i], out[i, width:].tolist()[:q.max_tokens], stop_ids, q.stop)
                 for i, q in enumerate(ps)]
+
+    def _autocast(self):
+        """bf16 autocast on CPUs where it pays (AMX); CUDA bf16 weights need none."""
+        if self.placement.device == "cpu" and self.placement.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return nullcontext()
 
     @staticmethod
     def _result(h: Handle, tok, prompt: list[int], new: list[int], stop_ids: list[int],

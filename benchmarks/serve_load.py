@@ -1,0 +1,172 @@
+"""Bounded load test of `tuneloop serve` on loopback with the real bundled model.
+
+    .venv/bin/python benchmarks/serve_load.py [--clients 50] [--duration 60] [--max-tokens 8]
+                                              [--run RUN] [--json]
+
+Starts the server in a subprocess (`python -m tuneloop serve`) on 127.0.0.1 with a fresh
+registry and traffic store in a temp folder. With --run, that run folder is registered as v1
+and served as the champion (an adapter over SmolLM2-135M); without it the base model is
+served. N asyncio clients (httpx) then send chat completions back to back for the given
+duration, each a real customer message (banking77 test split). Afterwards it checks that no
+request failed and that the traffic log holds exactly one row per successful request, and
+prints latency percentiles and throughput. Exit code 1 when a check fails.
+
+Loopback only, by construction: the server binds 127.0.0.1 and the clients call it there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MESSAGES = Path("/work/shared/data/banking77/test.csv")
+FALLBACK = ["my card has not arrived yet", "what is the exchange rate for euros",
+            "how do I reset my PIN", "why was I charged a fee", "can I top up by bank transfer"]
+
+
+def _messages() -> list[str]:
+    if MESSAGES.exists():
+        with open(MESSAGES, newline="") as f:
+            return [r["text"] for r in csv.DictReader(f)]
+    return FALLBACK
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _project(tmp: Path, run: Path | None) -> tuple[Path, str]:
+    """A minimal project folder: the bundled base model, a registry, the default traffic store."""
+    (tmp / "unused.jsonl").write_text("")
+    (tmp / "tuneloop.yaml").write_text(
+        "data: {train: unused.jsonl}\nmodel: {name: smollm2-135m-instruct}\n"
+        "registry: {dir: registry}\nserve: {max_tokens: 64}\n")
+    if run is None:
+        return tmp / "tuneloop.yaml", "base"
+    from tuneloop.registry import Registry
+
+    Registry(tmp / "registry").register(run, note="serve_load")
+    return tmp / "tuneloop.yaml", "champion"
+
+
+async def _client(http: httpx.AsyncClient, model: str, texts: list[str], max_tokens: int, until: float,
+                  seed: int, lat: list[float], errors: list[str]) -> None:
+    rng = random.Random(seed)
+    while time.perf_counter() < until:
+        body = {"model": model, "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": rng.choice(texts)}]}
+        t = time.perf_counter()
+        try:
+            r = await http.post("/v1/chat/completions", json=body)
+            if r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None:
+                lat.append(time.perf_counter() - t)
+            else:
+                errors.append(f"{r.status_code}: {r.text[:200]}")
+        except httpx.HTTPError as e:
+            errors.append(f"{type(e).__name__}: {e}")
+
+
+async def _load(base: str, model: str, clients: int, duration: float, max_tokens: int) -> dict:
+    texts = _messages()
+    lat: list[float] = []
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(300.0), limits=limits) as http:
+        start = time.perf_counter()
+        until = start + duration
+        await asyncio.gather(*[_client(http, model, texts, max_tokens, until, k, lat, errors)
+                               for k in range(clients)])
+        wall = time.perf_counter() - start
+        health = (await http.get("/health")).json()
+        metrics = (await http.get("/metrics")).text
+    ms = np.array(lat) * 1000 if lat else np.array([np.nan])
+    return {"clients": clients, "duration_s": duration, "wall_s": round(wall, 1), "max_tokens": max_tokens,
+            "ok": len(lat), "errors": len(errors), "first_errors": errors[:5],
+            "throughput_rps": round(len(lat) / wall, 2),
+            "latency_ms": {k: round(float(np.percentile(ms, q)), 1)
+                           for k, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
+            "batching": health.get("batching"), "metrics_lines": metrics.count("\n")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--run", type=Path, help="serve this run folder as the champion (default: base)")
+    ap.add_argument("--threads", type=int, help="torch threads of the server (serve --threads)")
+    ap.add_argument("--max-batch", type=int, default=16, help="serve --max-batch")
+    ap.add_argument("--precision", default="fp32", help="serve --precision (fp32, bf16, auto)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    config, model = _project(tmp, args.run)
+    port = _free_port()
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    env.pop("TUNELOOP_API_KEY", None)
+    server = subprocess.Popen([sys.executable, "-m", "tuneloop", "serve", str(config), "--model", model,
+                               "--host", "127.0.0.1", "--port", str(port), "--max-batch", str(args.max_batch),
+                               "--precision", args.precision,
+                               *(["--threads", str(args.threads)] if args.threads else [])], env=env, cwd=tmp)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.perf_counter()
+        while True:
+            if server.poll() is not None:
+                sys.exit(f"server exited with code {server.returncode}")
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.perf_counter() - t0 > 300:
+                sys.exit("server did not start within 300 s")
+            time.sleep(0.5)
+        startup = time.perf_counter() - t0
+        res = asyncio.run(_load(base, model, args.clients, args.duration, args.max_tokens))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    from tuneloop.monitor.store import TrafficStore
+
+    store = TrafficStore(f"sqlite:///{tmp / 'registry' / 'traffic.db'}")
+    rows = store.count_requests()
+    rows_ok = store.count_requests(status=200)
+    res |= {"model": model, "server_startup_s": round(startup, 1), "traffic_rows": rows,
+            "traffic_rows_ok": rows_ok, "cpu_count": os.cpu_count(), "server_threads": args.threads,
+            "max_batch": args.max_batch, "precision": args.precision,
+            "load_average_1m": round(os.getloadavg()[0], 2)}
+    res["checks"] = {"no_errors": res["errors"] == 0, "rows_match_ok": rows_ok == res["ok"] == rows}
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        lat = res["latency_ms"]
+        print(f"{model}: {args.clients} clients x {args.duration:.0f} s, max_tokens {args.max_tokens}, "
+              f"server threads {args.threads or 'default'}, max batch {args.max_batch}, {args.precision}, "
+              f"{os.cpu_count()} CPUs (1-min load average after: {res['load_average_1m']})")
+        print(f"  requests ok {res['ok']}  errors {res['errors']}  throughput {res['throughput_rps']} req/s")
+        print(f"  latency ms  p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}")
+        print(f"  traffic-log rows {rows} (status 200: {rows_ok})  batching {res['batching']}")
+        print(f"  checks {res['checks']}")
+    sys.exit(0 if all(res["checks"].values()) else 1)
+
+
+if __name__ == "__main__":
+    main()
