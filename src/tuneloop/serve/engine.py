@@ -131,6 +131,9 @@ class ModelPool:
 
     def handle(self, version: str) -> Handle:
         """Load (once) what `version` needs and return how to run it."""
+        cached = self._handles.get(version)  # no lock: a loaded handle must not wait for a batch
+        if cached is not None:
+            return cached
         with self.lock:
             if version in self._handles:
                 return self._handles[version]
