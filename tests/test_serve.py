@@ -232,3 +232,30 @@ def test_concurrent_greedy_requests_are_batched_with_the_same_answers(served):
     assert pool.stats["largest_batch"] >= 2 and pool.stats["largest_batch"] >= before
     assert [(g.text, g.completion_tokens, g.finish_reason) for g in together] == \
         [(g.text, g.completion_tokens, g.finish_reason) for g in alone]
+
+
+def test_serve_command_refuses_public_bind_without_key_and_empty_registry(tmp_path, tiny_model, monkeypatch):
+    from typer.testing import CliRunner
+
+    from conftest import write_classification_project
+    from tuneloop.cli import app
+
+    cfg = write_classification_project(tmp_path / "proj", tiny_model)
+    monkeypatch.delenv("TUNELOOP_API_KEY", raising=False)
+    res = CliRunner().invoke(app, ["serve", str(cfg), "--host", "0.0.0.0"])
+    assert isinstance(res.exception, TuneloopError) and "API key" in str(res.exception)
+    res = CliRunner().invoke(app, ["serve", str(cfg), "--model", "champion"])
+    assert isinstance(res.exception, TuneloopError) and "no versions" in str(res.exception)
+
+
+@pytest.mark.integration
+def test_real_model_answers_through_the_openai_client(tmp_path):
+    """SmolLM2-135M-Instruct served as `base`: a factual question gets the right answer."""
+    pool = ModelPool(None, "smollm2-135m-instruct")
+    store = TrafficStore(f"sqlite:///{tmp_path / 'traffic.db'}")
+    http = TestClient(create_app(pool, store, ServeSettings(max_tokens=16)))
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    r = client.chat.completions.create(model="base", max_tokens=12, messages=question)
+    assert "Paris" in r.choices[0].message.content
+    assert store.requests()[0]["output_text"] == r.choices[0].message.content
