@@ -259,3 +259,19 @@ def test_real_model_answers_through_the_openai_client(tmp_path):
     r = client.chat.completions.create(model="base", max_tokens=12, messages=question)
     assert "Paris" in r.choices[0].message.content
     assert store.requests()[0]["output_text"] == r.choices[0].message.content
+
+
+def test_abandoned_stream_is_logged_with_status_499(served):
+    pool, store = served["pool"], served["store"]
+    body = {"model": "v1", "messages": MSG, "max_tokens": 16, "stream": True}
+    with pool.lock:  # generation cannot start until the client has gone
+        with httpx.stream("POST", f"{served['base']}/v1/chat/completions", json=body) as r:
+            rid = json.loads(next(r.iter_lines())[6:])["id"]
+        time.sleep(0.3)
+    rows: list[dict] = []
+    for _ in range(200):
+        rows = [x for x in store.requests() if x["request_id"] == rid]
+        if rows:
+            break
+        time.sleep(0.05)
+    assert rows and rows[0]["status"] == 499

@@ -216,9 +216,9 @@ async def _sse(pool: ModelPool, h: Handle, ids: list[int], params: Params, kind:
         body = error_body(f"generation failed: {e}", "server_error")
         yield f"data: {json.dumps(body)}\n\n"
     finally:
-        job.close()
-        if not finished and job.result is not None:  # client went away before the end
-            await run_in_threadpool(log, job.result, 499)
+        if not finished:  # the client went away (or the stream failed): log it as status 499
+            job.close()
+            job.when_done(lambda gen: log(gen, 499))
 
 
 def _add_error_handlers(app: FastAPI) -> None:

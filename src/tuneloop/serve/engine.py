@@ -320,6 +320,7 @@ class StreamJob:
         self._streamer = TextIteratorStreamer(h.loaded.tok, skip_prompt=True, skip_special_tokens=True,
                                               timeout=600)
         self.started = time.perf_counter()
+        self._done, self._done_lock, self._callbacks = False, threading.Lock(), []
         self._thread = threading.Thread(target=self._work, args=(pool, h, ids, p), daemon=True)
         self._thread.start()
 
@@ -329,6 +330,25 @@ class StreamJob:
         except BaseException as e:  # re-raised in the consumer's thread
             self.error = e
             self._streamer.end()
+        with self._done_lock:
+            self._done = True
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            if self.result is not None:
+                fn(self.result)
+
+    def when_done(self, fn) -> None:
+        """Call fn(result) from the worker once generation ends (at once if it has ended).
+
+        For work that must happen even when the consumer is gone, such as logging a stream the
+        client abandoned: a cancelled async task cannot await anything any more.
+        """
+        with self._done_lock:
+            if not self._done:
+                self._callbacks.append(fn)
+                return
+        if self.result is not None:
+            fn(self.result)
 
     def __iter__(self) -> Iterator[str]:
         sent, buf = 0, ""
