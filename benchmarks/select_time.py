@@ -1,7 +1,7 @@
 """Wall time of `tuneloop select` with the two bundled models on 200 validation examples.
 
     .venv/bin/python benchmarks/select_time.py [--project examples/support-intents] [--n 200]
-        [--threads N] [--probe-steps 0] [--out select.json]
+        [--threads N] [--probe-steps 0] [--few-shot-examples 50] [--out select.json]
     .venv/bin/python benchmarks/select_time.py --domains [--n 60]
 
 --domains instead builds two generation projects in a temporary folder from ../shared/data,
@@ -99,6 +99,7 @@ def main() -> None:
                     help="file (relative to the project) used as the validation split")
     ap.add_argument("--threads", type=int, default=None, help="OMP/torch threads per candidate")
     ap.add_argument("--probe-steps", type=int, default=0)
+    ap.add_argument("--few-shot-examples", type=int, default=50)
     ap.add_argument("--out", default=None, help="also write the full JSON result here")
     ap.add_argument("--domains", action="store_true", help="medical vs general bits per byte")
     args = ap.parse_args()
@@ -117,6 +118,7 @@ def main() -> None:
     cpu0 = _cpu()
     t0 = time.perf_counter()
     res = run_select(args.project, CANDIDATES, probe_steps=args.probe_steps, max_examples=args.n,
+                     few_shot_examples=args.few_shot_examples,
                      overrides=[f"data.validation={args.validation}"], quiet=not sys.stderr.isatty())
     wall = time.perf_counter() - t0
     cpu = _cpu() - cpu0
@@ -124,13 +126,15 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2, default=str))
     print(f"project {args.project}: {res['examples']} validation examples, few-shot k="
-          f"{res['few_shot_k']}, probe steps {args.probe_steps}, threads "
+          f"{res['few_shot_k']} on {res['few_shot_examples']}, probe steps {args.probe_steps}, threads "
           f"{args.threads or 'default'}, {os.cpu_count()} CPUs")
     for c in res["candidates"]:
         print(f"  {c['name']}: {c['status']}, {c['seconds']:.1f} s wall in its process, "
               f"{c['cpu_s']:.0f} CPU s"
               + (f", score {c['score']:.3f}, bpb {c['metrics']['bpb']:.3f}" if c["status"] == "ok"
                  else f": {c['error']}"))
+        if c.get("stage_seconds"):
+            print("    stages (s): " + ", ".join(f"{k} {v:.0f}" for k, v in c["stage_seconds"].items()))
     print(f"winner {res['winner']}; total wall time {wall:.1f} s ({wall / 60:.2f} min; target "
           f"<= 10 min: {'met' if wall <= 600 else 'MISSED'})")
     print(f"CPU time (user+sys, this process and the measuring processes): {cpu:.0f} s; on an "

@@ -200,7 +200,7 @@ def test_cli_isolated_processes_json_and_write(tmp_path, models):
     after["model"]["name"] = before["model"]["name"]
     assert after == before
     # nothing measurable: exit code 1
-    res = runner.invoke(app, ["select", str(cfg), "--candidates", str(models["broken"]),
+    res = runner.invoke(app, ["select", str(cfg), "--candidates", str(models["missing"]),
                               "--json", "--max-examples", "4"])
     assert res.exit_code == 1 and json.loads(res.stdout)["winner"] is None
 

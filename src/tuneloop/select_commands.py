@@ -26,6 +26,9 @@ def select_cmd(
              "adapt, latency, memory, train_time (e.g. `bpb=1,latency=0.2`).")] = None,
     max_examples: Annotated[int, typer.Option(
         help="Measure on at most N validation examples (0: all).")] = 200,
+    few_shot_examples: Annotated[int, typer.Option(
+        help="Few-shot metric on the first N of those examples (k shots make each prompt k+1 "
+             "times longer; 0: skip few-shot).")] = 50,
     write: Annotated[bool, typer.Option(
         "--write", help="Put the winner into the config's model.name (backup kept as "
                         ".bak; nothing else in the file changes).")] = False,
@@ -49,7 +52,7 @@ def select_cmd(
     from tuneloop.select import parse_candidates, run_select
 
     res = run_select(config, parse_candidates(candidates), max_memory, probe_steps, weights,
-                     max_examples or None, set_, quiet=quiet or json_, write=write)
+                     max_examples or None, few_shot_examples, set_, quiet=quiet or json_, write=write)
     if json_:
         print_json(res)
     else:
@@ -70,7 +73,7 @@ def print_result(res: dict) -> None:
     primary = res["primary_metric"]
     q = Table(title=f"Quality on {res['examples']} validation examples ({res['task']})")
     for col in ("rank", "candidate", "score", "bits/byte [95% CI]", f"zero-shot {primary}",
-                f"few-shot {primary} (k={res['few_shot_k']})"):
+                f"few-shot {primary} (k={res['few_shot_k']}, n={res['few_shot_examples']})"):
         q.add_column(col, justify="left" if col == "candidate" else "right")
     if res["probe_steps"]:
         q.add_column("probe: bpb drop/step", justify="right")

@@ -57,6 +57,20 @@ def _candidate_name(c: str) -> str:
     return str(p.resolve()) if c not in CATALOG and p.is_dir() else c
 
 
+def _precheck(candidate: str) -> dict | None:
+    """A failed row for a folder that is missing or has no config.json, without a process."""
+    from tuneloop.models.catalog import CATALOG
+    from tuneloop.models.load import resolve_model
+
+    if candidate in CATALOG:
+        return None  # resolving may convert a GGUF: that belongs to the measured process
+    try:
+        resolve_model(candidate)
+    except TuneloopError as e:
+        return {"name": candidate, "status": "failed", "failed_stage": "resolve", "error": str(e)}
+    return None
+
+
 def _isolated(spec: dict, report: Report) -> dict:
     """measure() in a child process; a crash (even a segfault) becomes a failed row."""
     with tempfile.TemporaryDirectory(prefix="tuneloop-select-") as d:
@@ -125,8 +139,8 @@ def _gpu_rows(r: dict, cfg) -> list[dict]:
 
 def run_select(config: str | Path, candidates: list[str], max_memory: str | None = None,
                probe_steps: int = 0, weights: str | None = None, max_examples: int | None = 200,
-               overrides: list[str] | None = None, quiet: bool = False, isolate: bool = True,
-               write: bool = False) -> dict:
+               few_shot_examples: int | None = 50, overrides: list[str] | None = None,
+               quiet: bool = False, isolate: bool = True, write: bool = False) -> dict:
     """Measure and rank candidate base models on the config's validation split."""
     from tuneloop.config import load_config
     from tuneloop.console import progress
@@ -148,12 +162,16 @@ def run_select(config: str | Path, candidates: list[str], max_memory: str | None
     if cfg.task.type == "classification" and labels:
         cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"labels": labels})})
     shots = None
-    if cfg.eval.few_shot_k > 0 and splits.train:
+    # k solved examples make a prompt k+1 times longer: on a CPU the few-shot pass costs more
+    # than everything else together, so it runs on the first `few_shot_examples` only.
+    n_shot = len(val) if few_shot_examples is None else min(few_shot_examples, len(val))
+    if cfg.eval.few_shot_k > 0 and splits.train and n_shot > 0:
         from tuneloop.evaluate.baselines import few_shot_prompts
 
         # Prompts are text, the same for every candidate: retrieve once, here.
         shots = [[{"role": m.role, "content": m.content} for m in p]
-                 for p in few_shot_prompts(val, splits.train, cfg.eval.few_shot_k, cfg.task)]
+                 for p in few_shot_prompts(val[:n_shot], splits.train, cfg.eval.few_shot_k,
+                                           cfg.task)]
     spec = {"config": cfg.model_dump(mode="json"), "labels": labels,
             "validation": [e.to_dict() for e in val], "train": [e.to_dict() for e in splits.train],
             "few_shot_prompts": shots, "max_memory_gb": limit_gb, "probe_steps": probe_steps}
@@ -164,12 +182,12 @@ def run_select(config: str | Path, candidates: list[str], max_memory: str | None
             task = bar.add_task(f"{c}: start", total=len(stages))
 
             def report(stage: str, task=task, c=c) -> None:
-                done = stages.index(stage) if stage in stages else 0
+                done = stages.index(stage) if stage in stages else len(stages)
                 bar.update(task, completed=done, description=f"{c}: {stage}")
 
             s = spec | {"candidate": c}
             cpu0 = _cpu_seconds()
-            r = _isolated(s, report) if isolate else measure(s, report)
+            r = _precheck(c) or (_isolated(s, report) if isolate else measure(s, report))
             # CPU seconds do not depend on how many other processes share the machine.
             r["cpu_s"] = round(_cpu_seconds() - cpu0, 1)
             bar.update(task, completed=len(stages), description=f"{c}: {r['status']}")
@@ -184,6 +202,7 @@ def run_select(config: str | Path, candidates: list[str], max_memory: str | None
     others = [r for r in results if r["status"] != "ok"]
     res = {"config": str(config), "task": cfg.task.type, "primary_metric": primary,
            "split": "validation", "examples": len(val), "few_shot_k": cfg.eval.few_shot_k,
+           "few_shot_examples": len(shots or []),
            "weights": effective_weights(w, ok) if ok else w, "max_memory_gb": limit_gb,
            "probe_steps": probe_steps, "candidates": ranked + others,
            "winner": ranked[0]["name"] if ranked else None,

@@ -137,7 +137,16 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
     from tuneloop.train.loop import total_steps
     from tuneloop.train.methods import count_parameters
 
+    timings: dict[str, float] = {}
+    res["stage_seconds"] = timings
+    clock = [time.perf_counter()]
+
     def stage(name: str) -> None:
+        # Where the time goes, per stage: the previous stage ends when the next begins.
+        now = time.perf_counter()
+        if "_stage" in res:
+            timings[res["_stage"]] = round(now - clock[0], 2)
+        clock[0] = now
         res["_stage"] = name
         report(name)
 
@@ -167,6 +176,8 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
         res["status"] = "dropped"
         res["error"] = (f"estimated training memory {res['train']['estimated_peak_memory_gb']} GB "
                         f"exceeds --max-memory {limit:g} GB")
+        stage("done")
+        timings.pop("done", None)
         return
 
     stage("load")
@@ -198,9 +209,11 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
     stage("few_shot")
     if spec.get("few_shot_prompts"):
         shots = [[Message(**m) for m in p] for p in spec["few_shot_prompts"]]
-        fs = run_llm("few_shot", model, tok, cfg, val, shots, None, free_generation=False)
-        res["quality"]["few_shot"] = score(fs, val, task, labels, n_boot, cfg.seed,
+        sub = val[:len(shots)]
+        fs = run_llm("few_shot", model, tok, cfg, sub, shots, None, free_generation=False)
+        res["quality"]["few_shot"] = score(fs, sub, task, labels, n_boot, cfg.seed,
                                            faithfulness=False).metrics
+        res["quality"]["few_shot_examples"] = len(sub)
         res["quality"]["few_shot_s_per_example"] = round(fs.seconds_per_example, 4)
 
     stage("latency")
@@ -214,6 +227,8 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
     if spec.get("probe_steps"):
         stage("probe")
         res["probe"] = _probe(model, tok, cfg, items, val, spec["probe_steps"], zs.val_nll or [])
+    stage("done")
+    timings.pop("done", None)
     del model
     if not math.isfinite(res["quality"]["bpb_check"]):
         raise TuneloopError(f"{spec['candidate']}: bits per byte is not finite (broken weights?)")
