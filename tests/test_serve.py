@@ -264,6 +264,7 @@ def test_real_model_answers_through_the_openai_client(tmp_path):
 def test_abandoned_stream_is_logged_with_status_499(served):
     pool, store = served["pool"], served["store"]
     body = {"model": "v1", "messages": MSG, "max_tokens": 16, "stream": True}
+    pool.handle("v1")  # loaded before the lock is taken
     with pool.lock:  # generation cannot start until the client has gone
         with httpx.stream("POST", f"{served['base']}/v1/chat/completions", json=body) as r:
             rid = json.loads(next(r.iter_lines())[6:])["id"]
