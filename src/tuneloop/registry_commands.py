@@ -86,7 +86,8 @@ def list_cmd(config: ConfigOpt = None, registry: RegistryOpt = None, json_: Json
         t.add_column(col)
     for r in rows:
         vl = r["val_loss"]
-        t.add_row(r["id"], ", ".join(r["aliases"]), r["created"], r["parent"] or "", r["method"] or "",
+        t.add_row(r["id"], ", ".join(r["aliases"]), r["created"][:16].replace("T", " "), r["parent"] or "",
+                  r["method"] or "",
                   f"{vl:.4f}" if isinstance(vl, int | float) else "", r["data_hash"], r["note"])
     out.print(t)
 
