@@ -5,8 +5,10 @@ promotion takes effect without a restart) or `base`. Adapters are loaded on firs
 peft's `load_adapter` and switched with `set_adapter`; a full fine-tune gets its own model.
 Generation is not thread-safe (the active adapter is model state), so one lock serialises it.
 Greedy requests are micro-batched: those that arrive while a batch runs are generated together
-as the next (left-padded) batch per model version, so concurrent clients share the forward
-passes instead of queueing one by one. Sampled, seeded and stop-string requests run alone.
+as the next (left-padded) batch per model version, with the evaluation runner's decoder (the
+prompt prefix all rows share is run once), so concurrent clients share the forward passes
+instead of queueing one by one. Sampled, seeded, stop-string and streamed requests run alone
+through transformers' `generate`.
 """
 
 from __future__ import annotations
@@ -236,6 +238,22 @@ class ModelPool:
         return [self._result(h, tok, rows[i], out[i, width:].tolist()[:q.max_tokens], stop_ids, q.stop)
                 for i, q in enumerate(ps)]
 
+    def _greedy_batch(self, h: Handle, rows: list[list[int]], ps: list[Params]) -> list[Generation]:
+        """The batcher's decoder: the evaluation runner's greedy loop, which runs the prompt
+        prefix every row shares (chat template, system turn) once and reuses its KV cache."""
+        from tuneloop.evaluate.runner import _greedy, common_prefix_len
+
+        tok = h.loaded.tok
+        stop_ids = self._stop_ids(tok)
+        shared = common_prefix_len(rows) if len(rows) > 1 else 0
+        with self.lock:
+            dev = next(h.loaded.model.parameters()).device
+            with self._activate(h), self._autocast(), torch.no_grad():
+                new = _greedy(h.loaded.model, rows, shared, tok.pad_token_id, dev, stop_ids,
+                              max(q.max_tokens for q in ps))
+        return [self._result(h, tok, rows[i], new[i].tolist()[:q.max_tokens], stop_ids, q.stop)
+                for i, q in enumerate(ps)]
+
     def _autocast(self):
         """bf16 autocast on CPUs where it pays (AMX); CUDA bf16 weights need none."""
         if self.placement.device == "cpu" and self.placement.precision == "bf16":
@@ -286,7 +304,7 @@ class ModelPool:
                 self.stats["batched_requests"] += len(group)
                 self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
                 try:
-                    gens = self._generate(group[0][0], [j[1] for j in group], [j[2] for j in group])
+                    gens = self._greedy_batch(group[0][0], [j[1] for j in group], [j[2] for j in group])
                 except BaseException as e:  # the waiting requests get the error, the loop lives on
                     for j in group:
                         j[3].set_exception(e)
