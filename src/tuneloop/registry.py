@@ -154,8 +154,9 @@ class Registry:
         if not isinstance(ref, str) or not REF_RE.match(ref):
             raise TuneloopError(f"{ref!r} is not a valid model name (a version id like v3, or an "
                                 f"alias: {', '.join(ALIASES)})")
-        if ref in ALIASES or ref in self._state()["aliases"]:
-            vid = self._state()["aliases"].get(ref)
+        aliases = self._state()["aliases"]
+        if ref in ALIASES or ref in aliases:
+            vid = aliases.get(ref)
             if vid is None:
                 raise TuneloopError(f"registry {self.root}: no {ref} yet (see `tuneloop registry list`)")
             return vid
