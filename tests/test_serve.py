@@ -276,3 +276,26 @@ def test_abandoned_stream_is_logged_with_status_499(served):
             break
         time.sleep(0.05)
     assert rows and rows[0]["status"] == 499
+
+
+def test_concurrent_clients_lose_no_traffic_row(served):
+    import asyncio
+
+    store = served["store"]
+    before = store.count_requests()
+
+    async def one(http: httpx.AsyncClient, k: int) -> str:
+        r = await http.post("/v1/chat/completions", json={
+            "model": ("champion", "challenger", "base")[k % 3], "max_tokens": 4,
+            "messages": [{"role": "user", "content": f"message number {k}"}]})
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    async def main() -> list[str]:
+        async with httpx.AsyncClient(base_url=served["base"], timeout=120) as http:
+            return await asyncio.gather(*[one(http, k) for k in range(24)])
+
+    ids = asyncio.run(main())
+    rows = {r["request_id"]: r for r in store.requests()}
+    assert store.count_requests() == before + 24 and all(i in rows for i in ids)
+    assert {rows[i]["version"] for i in ids} == {"v1", "v2", "base"}
