@@ -164,6 +164,9 @@ def test_limits_answer_in_openai_error_shape(served):
         c.chat.completions.create(model="champion", messages=MSG, n=2)
     with pytest.raises(openai.BadRequestError):  # schema violation: no messages
         c.chat.completions.create(model="champion", messages=[])
+    with pytest.raises(openai.BadRequestError) as e:  # fits the body limit, not the 1024-token context
+        c.chat.completions.create(model="champion", messages=[{"role": "user", "content": "x" * 3500}])
+    assert e.value.code == "context_length_exceeded"
     big = {"model": "champion", "messages": [{"role": "user", "content": "x" * 5000}]}
     r = httpx.post(f"{base}/v1/chat/completions", json=big)
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"

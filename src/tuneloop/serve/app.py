@@ -121,6 +121,11 @@ def create_app(pool: ModelPool, store: TrafficStore, settings: ServeSettings) ->
         ids = await run_in_threadpool(make_prompt, h)
         params = Params(max_tokens=limit or settings.max_tokens, temperature=req.temperature,
                         top_p=req.top_p, seed=req.seed, stop=req.stops())
+        window = pool.context_length(h)
+        if window and len(ids) + params.max_tokens > window:
+            raise ApiError(400, f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) "
+                                f"exceeds the model's context of {window} tokens", "messages",
+                           "context_length_exceeded")
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         raw = (await request.body()).decode("utf-8", errors="replace")
         headers = {"X-Request-Id": rid, "X-Tuneloop-Version": h.version}

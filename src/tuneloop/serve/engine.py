@@ -172,6 +172,12 @@ class ModelPool:
         # The version's own tokenizer (same vocabulary as its base) renders its prompts.
         return Handle(vid, _Loaded(base.model, tok, base.adapters), vid)
 
+    @staticmethod
+    def context_length(h: Handle) -> int | None:
+        """Positions the model can attend to (None when its config does not say)."""
+        cfg = getattr(h.loaded.model, "config", None)
+        return getattr(cfg, "max_position_embeddings", None)
+
     # ---- prompts -------------------------------------------------------------------------
     def chat_prompt(self, h: Handle, messages: list[tuple[str, str]]) -> list[int]:
         """Token ids of a conversation plus the generation prompt, in the model's template."""
