@@ -94,10 +94,7 @@ def train(
         raise TuneloopError("give a CONFIG (tuneloop.yaml) or --resume RUN_FOLDER")
     cfg = load_config(config if config is not None else Path(resume) / "config.yaml", overrides)
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "tuneloop", "train"] + sys.argv[
-            sys.argv.index("train") + 1:]
-        raise typer.Exit(subprocess.call(cmd))
+        raise typer.Exit(_launch(nproc))
     if dry_run:
         from tuneloop.train.estimate import dry_run as do_dry_run
 
@@ -119,6 +116,24 @@ def train(
         val_text = "n/a (no validation split)" if val is None else f"{val:.4f}"
         out.print(f"done: {summary['steps']} steps, train loss {summary['train_loss']:.4f}, "
                   f"val loss {val_text}{skipped}\nrun folder: {run}")
+
+
+def _launch(nproc: int) -> int:
+    """Re-run this `train` command as N DDP processes (torch.distributed.run; gloo on CPU)."""
+    args = sys.argv[sys.argv.index("train") + 1:]
+    # Drop --nproc: the workers see LOCAL_RANK instead, and torchrun's own argument parser
+    # would read "--nproc" as an ambiguous abbreviation of its --nproc-per-node.
+    keep, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            keep.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "tuneloop", "train", *keep]
+    return subprocess.call(cmd)
 
 
 def generate(

@@ -35,6 +35,7 @@ class LoopState:
 
     step: int = 0
     tokens: int = 0
+    positions: int = 0  # tokens plus padding: what the model computed
     elapsed: float = 0.0
     best_val: float = math.inf
     best_step: int = 0
@@ -143,11 +144,12 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
     try:
         while state.step < steps:
             rng_at_step, in_step = checkpoint.rng_state(), True
-            tokens, batches = 0, []
+            tokens, positions, batches = 0, 0, []
             for micro in range(ga):
                 items = [train_items[i] for i in plan.indices(state.step * ga + micro)]
                 tokens += sum(len(e.input_ids) for e in items)
                 batch = micro_batch(items, tok.pad_token_id, cfg)
+                positions += batch["input_ids"].numel()
                 batches.append({k: v.to(acc.device) for k, v in batch.items()})
             # Token-weighted over the whole optimizer step (every micro-batch, every process):
             # N processes with global batch B then follow the same trajectory as one with B.
@@ -172,6 +174,7 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
             state.step += 1
             in_step = False
             state.tokens += tokens * acc.num_processes
+            state.positions += positions * acc.num_processes
             state.elapsed = time.perf_counter() - t0
             train_loss = (acc.reduce(step_sum, "sum") / n_step).item()
             lr = scheduler.get_last_lr()[0]
@@ -230,6 +233,7 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
         "weights": "best" if best_weights is not None else "final",
         "tokens_seen": state.tokens, "train_seconds": round(state.elapsed, 2),
         "tokens_per_s": round(state.tokens / max(state.elapsed, 1e-9), 1),
+        "padding_fraction": round(1 - state.tokens / max(state.positions, 1), 4),
         "trainable_params": trainable, "total_params": total_params,
         "examples": {"train": len(train_items), "validation": len(val_items)},
         "skipped": len(splits.skipped),
