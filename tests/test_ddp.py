@@ -33,3 +33,11 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_project):
     assert len(loss1) == len(loss2) == 3
     assert loss2 == pytest.approx(loss1, abs=1e-4)
     assert val2 == pytest.approx(val1, abs=1e-4)
+
+
+def test_qlora_is_refused_on_cpu_with_a_clear_error(tiny_project):
+    from tuneloop.errors import TuneloopError
+
+    cfg = load_config(tiny_project, ["method.quantize=4bit", "model.device=cpu", "output.name=q"])
+    with pytest.raises(TuneloopError, match="needs a CUDA GPU"):
+        train(cfg, quiet=True)

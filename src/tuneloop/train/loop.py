@@ -19,13 +19,13 @@ from tuneloop.config import Config
 from tuneloop.data.load import load_splits
 from tuneloop.data.schema import fingerprint
 from tuneloop.errors import TuneloopError
-from tuneloop.models.load import choose_placement, load_model, load_tokenizer, resolve_model
+from tuneloop.models.load import choose_placement, load_tokenizer, resolve_model
 from tuneloop.models.tokens import IGNORE, Encoded, encode_all, ensure_template
 from tuneloop.runs import environment, new_run_dir, write_json
 from tuneloop.train import checkpoint
 from tuneloop.train.batches import BatchPlan, collate, eval_batches
 from tuneloop.train.loss import TargetLoss
-from tuneloop.train.methods import count_parameters, wrap
+from tuneloop.train.methods import count_parameters, load_base, wrap
 from tuneloop.train.packing import collate_packed
 
 
@@ -92,7 +92,7 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
     ensure_template(tok)
     train_items, train_rep = encode_all(tok, splits.train, cfg.model.max_seq_len, cfg.train.loss_on)
     val_items, val_rep = encode_all(tok, splits.validation, cfg.model.max_seq_len, cfg.train.loss_on)
-    model = wrap(load_model(model_path, placement), cfg.method)
+    model = wrap(load_base(model_path, placement, cfg.method), cfg.method)
     loss_fn = TargetLoss(model)  # before acc.prepare: it hooks the unwrapped decoder
     if cfg.train.packing and not loss_fn.selective:
         raise TuneloopError(f"train.packing does not work with method {cfg.method.name!r} (its "

@@ -27,6 +27,34 @@ def peft_config(m: MethodConfig):
     raise TuneloopError(f"method.name {m.name!r} is not supported")
 
 
+def load_base(path: str, placement, m: MethodConfig):
+    """The base model to fine-tune: as placed, or 4-bit NF4 for QLoRA (method.quantize, CUDA only)."""
+    from tuneloop.models.load import load_model
+
+    if not m.quantize:
+        return load_model(path, placement)
+    if placement.device != "cuda":
+        raise TuneloopError("method.quantize: 4bit (QLoRA) needs a CUDA GPU (bitsandbytes kernels); "
+                            f"this run is on {placement.device}. Remove method.quantize to train "
+                            "LoRA on the full-precision model")
+    if m.name not in ("lora", "dora"):
+        raise TuneloopError(f"method.quantize: 4bit works with lora or dora, not {m.name!r}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise TuneloopError("method.quantize: 4bit needs bitsandbytes: pip install 'tuneloop[gpu]' "
+                            "(or pip install bitsandbytes)") from e
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=torch.bfloat16,
+                                                 device_map={"": torch.cuda.current_device()})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
 def wrap(model, m: MethodConfig):
     """Attach the method's trainable parameters; for `full`, train every weight."""
     if m.init_adapter:
