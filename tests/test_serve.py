@@ -137,6 +137,7 @@ def test_promotion_takes_effect_without_restart(served):
         assert champion() == "v2"
     finally:
         reg.rollback()
+        reg.set_alias("challenger", "v2")  # promoting it had cleared the alias
     assert champion() == "v1"
 
 

@@ -94,6 +94,7 @@ class ModelPool:
         self._batcher: threading.Thread | None = None
         self._batcher_lock = threading.Lock()
         self.stats = {"batches": 0, "batched_requests": 0, "largest_batch": 0}
+        self._stops: dict[int, list[int]] = {}  # id(tokenizer) -> stop ids; tokenizers live as long
 
     # ---- names ---------------------------------------------------------------------------
     def resolve(self, name: str) -> str:
@@ -192,13 +193,16 @@ class ModelPool:
 
     # ---- generation ----------------------------------------------------------------------
     def _stop_ids(self, tok) -> list[int]:
+        """The template's end-of-turn token and EOS (found once per tokenizer)."""
         from tuneloop.models.tokens import end_of_turn_id
 
-        try:
-            eot = end_of_turn_id(tok)
-        except TuneloopError:
-            eot = None
-        return sorted({eot, tok.eos_token_id} - {None})
+        if id(tok) not in self._stops:
+            try:
+                eot = end_of_turn_id(tok)
+            except TuneloopError:
+                eot = None
+            self._stops[id(tok)] = sorted({eot, tok.eos_token_id} - {None})
+        return self._stops[id(tok)]
 
     def _activate(self, h: Handle):
         """Select the handle's adapter (or disable adapters for the base); caller holds the lock."""
