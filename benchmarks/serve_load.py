@@ -12,6 +12,10 @@ request failed and that the traffic log holds exactly one row per successful req
 prints latency percentiles and throughput. Exit code 1 when a check fails.
 
 Loopback only, by construction: the server binds 127.0.0.1 and the clients call it there.
+
+Measured (2-core CPU shared with four other sessions, 1-min load average ~9; SmolLM2-135M + a
+LoRA adapter via --run; defaults otherwise): 50 clients x 60 s, 194 requests, 0 errors,
+2.33 req/s, latency p50 19.3 s / p90 23.3 s / p99 27.6 s, 194 traffic rows (docs/serve.md).
 """
 
 from __future__ import annotations
