@@ -185,8 +185,8 @@ def generate_with_counts(model, tok, prompts: Sequence[list[Message]], max_new_t
         task = bar.add_task("generate", total=len(encoded))
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            new = _greedy(model, [encoded[i] for i in idx], shared, pad, dev, stop,
-                          max_new_tokens)
+            new = greedy_ids(model, [encoded[i] for i in idx], shared, pad, dev, stop,
+                             max_new_tokens)
             for r, i in enumerate(idx):
                 row = new[r].tolist()
                 cut = next((k for k, t in enumerate(row) if t in stop), len(row))
@@ -196,8 +196,8 @@ def generate_with_counts(model, tok, prompts: Sequence[list[Message]], max_new_t
     return results, counts
 
 
-def _greedy(model, seqs: list[list[int]], shared: int, pad: int, dev, stop: list[int],
-            max_new_tokens: int) -> torch.Tensor:
+def greedy_ids(model, seqs: list[list[int]], shared: int, pad: int, dev, stop: list[int],
+               max_new_tokens: int) -> torch.Tensor:
     """Greedy decoding of a batch with the KV cache; finished rows emit pad. (b, steps) ids."""
     logits, cache, attn, pos = _prefill(model, seqs, shared, pad, dev)
     stop_t = torch.tensor(stop, device=dev)

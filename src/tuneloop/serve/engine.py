@@ -251,7 +251,7 @@ class ModelPool:
     def _greedy_batch(self, h: Handle, rows: list[list[int]], ps: list[Params]) -> list[Generation]:
         """The batcher's decoder: the evaluation runner's greedy loop, which runs the prompt
         prefix every row shares (chat template, system turn) once and reuses its KV cache."""
-        from tuneloop.evaluate.runner import _greedy, common_prefix_len
+        from tuneloop.evaluate.runner import common_prefix_len, greedy_ids
 
         tok = h.loaded.tok
         stop_ids = self._stop_ids(tok)
@@ -259,7 +259,7 @@ class ModelPool:
         with self.lock:
             dev = next(h.loaded.model.parameters()).device
             with self._activate(h), self._autocast(), torch.no_grad():
-                new = _greedy(h.loaded.model, rows, shared, tok.pad_token_id, dev, stop_ids,
+                new = greedy_ids(h.loaded.model, rows, shared, tok.pad_token_id, dev, stop_ids,
                               max(q.max_tokens for q in ps))
         return [self._result(h, tok, rows[i], new[i].tolist()[:q.max_tokens], stop_ids, q.stop)
                 for i, q in enumerate(ps)]
