@@ -155,6 +155,7 @@ def test_retrain_then_gate_promotes_a_better_challenger(project, monkeypatch):
     # Real scoring runs; then the decision is forced both ways to check what each one records.
     real = run_gate(project, promote=False)
     assert real["fresh"]["n"] == 10 and real["frozen"]["n"] == 10
+    assert sum(v["n"] for v in real["fresh"]["by_label"].values()) == 10
     assert (real["decision"] == "promote") == decide(real["fresh"], real["frozen"], 0.0, 0.05)[0]
     assert reg.aliases()["champion"] == "v1"
 

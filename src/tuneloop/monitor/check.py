@@ -48,6 +48,7 @@ def input_nll(model, tok, texts: list[str], max_len: int = 256, batch_size: int 
 
     dev = next(model.parameters()).device
     out: list[float] = []
+    side, tok.padding_side = tok.padding_side, "right"  # positions then start at 0 in every row
     with torch.no_grad():
         for s in range(0, len(texts), batch_size):
             enc = tok(texts[s:s + batch_size], return_tensors="pt", padding=True, truncation=True,
@@ -59,6 +60,7 @@ def input_nll(model, tok, texts: list[str], max_len: int = 256, batch_size: int 
             mask = attn[:, 1:].float()
             per = (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
             out += [float(v) if m > 0 else float("nan") for v, m in zip(per, mask.sum(1), strict=True)]
+    tok.padding_side = side
     return out
 
 

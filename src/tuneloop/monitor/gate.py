@@ -75,6 +75,16 @@ def compare(champ: np.ndarray, chall: np.ndarray, higher_is_better: bool, seed: 
     return res
 
 
+def by_label(examples: list[Example], champ: np.ndarray, chall: np.ndarray) -> dict[str, dict]:
+    """Per-label n and mean score of both versions: which classes moved."""
+    out: dict[str, dict] = {}
+    for lab in sorted({str(e.label) for e in examples}):
+        ix = [i for i, e in enumerate(examples) if str(e.label) == lab]
+        out[lab] = {"n": len(ix), "champion": round(float(champ[ix].mean()), 4),
+                    "challenger": round(float(chall[ix].mean()), 4)}
+    return out
+
+
 def decide(fresh: dict | None, frozen: dict, margin: float, alpha: float) -> tuple[bool, list[str]]:
     """Promote when better on fresh by > margin (p < alpha) and not worse on frozen (p < alpha)."""
     why = []
@@ -151,6 +161,10 @@ def run_gate(cfg: Config, fresh_path: str | None = None, promote: bool = True,
     ev_frozen = compare(scores["champion"]["frozen"], scores["challenger"]["frozen"], hib, cfg.seed)
     ev_fresh = (compare(scores["champion"]["fresh"], scores["challenger"]["fresh"], hib, cfg.seed)
                 if fresh else None)
+    if hib:
+        ev_frozen["by_label"] = by_label(frozen, scores["champion"]["frozen"], scores["challenger"]["frozen"])
+        if ev_fresh is not None:
+            ev_fresh["by_label"] = by_label(fresh, scores["champion"]["fresh"], scores["challenger"]["fresh"])
     ok, why = decide(ev_fresh, ev_frozen, cfg.retrain.margin, cfg.retrain.alpha)
     metric = "accuracy" if hib else "mean_target_nll"
     decision = {"decision": "promote" if ok else "keep_champion", "promoted": False,
