@@ -1,74 +1,90 @@
-"""Cost before training: measured, not guessed.
+"""Cost before training: predicted from the planned batches and a cached machine calibration.
 
-Runs two real optimizer steps of the configured model and method on this machine (a median-
-length batch for time, the longest batch for peak memory) and scales by the planned tokens.
+Nothing of the real model is loaded or run: its config gives the matmul sizes, the planned
+micro-batches (packing, padding and targets included) give the step FLOPs and the largest
+activation footprint, and calibrate.py turns those into seconds and bytes for this machine.
+`benchmarks/estimate_accuracy.py` checks the predictions against measured runs.
 """
 
 from __future__ import annotations
 
-import gc
-import time
-
-import psutil
-import torch
-
 from tuneloop.config import Config
-from tuneloop.models.tokens import Encoded
-from tuneloop.train.batches import collate
+from tuneloop.models.tokens import IGNORE, Encoded
+from tuneloop.train.batches import BatchPlan
+
+SAMPLE_STEPS = 200  # planned steps whose batch shapes are averaged (all, for shorter runs)
 
 
-def _step(model, opt, batch) -> float:
-    t = time.perf_counter()
-    model(**batch).loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return time.perf_counter() - t
+def _batch_shapes(cfg: Config, items: list[Encoded], plan: BatchPlan, steps: int) -> list[dict]:
+    """Positions, row width and targets of the planned micro-batches (up to SAMPLE_STEPS)."""
+    from tuneloop.train.loop import micro_batch
+
+    shapes = []
+    for k in range(min(steps, SAMPLE_STEPS) * cfg.train.grad_accum):
+        b = micro_batch([items[i] for i in plan.indices(k)], 0, cfg)
+        rows, width = b["input_ids"].shape
+        shapes.append({"rows": rows, "width": width, "positions": rows * width,
+                       "tokens": sum(len(items[i].input_ids) for i in plan.indices(k)),
+                       "targets": int((b["labels"][:, 1:] != IGNORE).sum())})
+    return shapes
 
 
-def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, placement) -> dict:
-    """Predicted wall time and peak memory of the run, from a micro-benchmark on this machine."""
-    from tuneloop.models.load import load_model
-    from tuneloop.train.methods import count_parameters, wrap
+def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, placement,
+             plan: BatchPlan | None = None) -> dict:
+    """Predicted step time, run time and peak memory of the run on this machine."""
+    from transformers import AutoConfig
 
-    proc = psutil.Process()
-    rss0 = proc.memory_info().rss
-    model = wrap(load_model(model_path, placement), cfg.method)
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    bs = cfg.train.batch_size
-    by_len = sorted(items, key=lambda e: len(e.input_ids))
-    mid = by_len[max(0, len(by_len) // 2 - bs // 2):][:bs]
-    longest = by_len[-bs:]
-    dev = placement.device
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(placement.precision)
-    ctx = torch.autocast(dev, dtype=dtype) if dtype else torch.autocast(dev, enabled=False)
+    from tuneloop.train.calibrate import (
+        calibration,
+        meta_model,
+        model_sizes,
+        saved_activation_bytes,
+        step_flops,
+    )
+    from tuneloop.train.methods import count_parameters
 
-    def run(batch_items, model=model, opt=opt):
-        b = {k: v.to(dev) for k, v in collate(batch_items, 0).items()}
-        with ctx:
-            return _step(model, opt, b), int(b["attention_mask"].sum())
-
-    run(mid)  # warm-up: allocations, kernels
-    sec, toks = run(mid)
-    run(longest)
-    peak = max(proc.memory_info().rss, rss0)
-    if dev == "cuda":
-        peak = torch.cuda.max_memory_allocated()
+    plan = plan or BatchPlan(len(items), cfg.train.batch_size, 1, 0, cfg.seed)
+    config = AutoConfig.from_pretrained(model_path)
+    sizes = model_sizes(config)
+    model = meta_model(config, cfg.method)
     trainable, total = count_parameters(model)
-    total_tokens = sum(len(e.input_ids) for e in items) / max(1, len(items)) * bs \
-        * cfg.train.grad_accum * steps
-    seconds = total_tokens * sec / max(toks, 1)
-    del model, opt
-    gc.collect()
-    return {"steps": steps, "planned_tokens": int(total_tokens),
-            "measured_step_seconds": round(sec * cfg.train.grad_accum, 3),
-            "measured_tokens_per_s": round(toks / sec, 1),
-            "estimated_train_minutes": round(seconds / 60, 2),
+    full = cfg.method.name == "full"
+    lora = 0 if full else trainable
+    cal = calibration(placement)
+    rate = cal["flops_per_s"]
+    shapes = _batch_shapes(cfg, items, plan, steps)
+    fixed = cal["seconds_per_param"] * total
+    micro_seconds = [step_flops(sizes, full, lora, s["positions"], s["width"], s["targets"]) / rate
+                     + fixed for s in shapes]
+    step_seconds = sum(micro_seconds) / len(micro_seconds) * cfg.train.grad_accum
+    big = max(shapes, key=lambda s: s["positions"])
+    activations = saved_activation_bytes(model, big["rows"], big["width"]) * cal["activation_factor"]
+    weight_bytes = total * (2 if placement.device == "cuda" and placement.precision == "bf16" else 4)
+    # AdamW keeps two fp32 moments per trainable weight, plus its gradient.
+    state_bytes = trainable * 12
+    base = cal["base_rss"] if placement.device == "cpu" else 0
+    peak = base + weight_bytes + state_bytes + activations
+    tokens = sum(s["tokens"] for s in shapes) / len(shapes) * cfg.train.grad_accum * steps
+    tps = sum(s["tokens"] for s in shapes) / max(sum(micro_seconds), 1e-9)
+    del model
+    return {"steps": steps, "planned_tokens": int(tokens),
+            "predicted_step_seconds": round(step_seconds, 3),
+            "predicted_tokens_per_s": round(tps, 1),
+            # old key, read by `tuneloop select`: the figure is now predicted, not stepped
+            "measured_tokens_per_s": round(tps, 1),
+            "estimated_train_minutes": round(step_seconds * steps / 60, 2),
             "estimated_peak_memory_gb": round(peak / 2**30, 2),
-            "memory_kind": "gpu_allocated" if dev == "cuda" else "process_rss",
+            "memory_kind": "gpu_allocated" if placement.device == "cuda" else "process_rss",
+            "padding_fraction": round(1 - sum(s["tokens"] for s in shapes)
+                                      / max(1, sum(s["positions"] for s in shapes)), 4),
             "trainable_params": trainable, "total_params": total,
-            "device": dev, "precision": placement.precision,
-            "note": "from 2 timed steps on this machine; evaluation time not included"}
+            "device": placement.device, "precision": placement.precision,
+            "calibration": {"train_tflops": round(rate / 1e12, 4),
+                            "fixed_seconds_per_micro_batch": round(fixed, 3),
+                            "activation_factor": round(cal["activation_factor"], 3),
+                            "cached": cal["cached"]},
+            "note": "predicted from the planned batches and a cached machine calibration; "
+                    "evaluation time not included"}
 
 
 def dry_run(cfg: Config) -> dict:
@@ -76,7 +92,6 @@ def dry_run(cfg: Config) -> dict:
     from tuneloop.data.load import load_splits
     from tuneloop.models.load import choose_placement, load_tokenizer, resolve_model
     from tuneloop.models.tokens import encode_all, ensure_template
-    from tuneloop.train.batches import BatchPlan
     from tuneloop.train.loop import total_steps
 
     splits = load_splits(cfg)
@@ -85,9 +100,12 @@ def dry_run(cfg: Config) -> dict:
     ensure_template(tok)
     items, rep = encode_all(tok, splits.train, cfg.model.max_seq_len, cfg.train.loss_on)
     _, vrep = encode_all(tok, splits.validation, cfg.model.max_seq_len, cfg.train.loss_on)
-    steps = total_steps(cfg, BatchPlan(len(items), cfg.train.batch_size, 1, 0, cfg.seed))
+    lengths = [len(e.input_ids) for e in items] \
+        if cfg.train.group_by_length and not cfg.train.packing else None
+    plan = BatchPlan(len(items), cfg.train.batch_size, 1, 0, cfg.seed, lengths=lengths)
+    steps = total_steps(cfg, plan)
     placement = choose_placement(cfg.model.device, cfg.model.dtype)
     return {"config": cfg.model_dump(mode="json"), "data": splits.describe(),
             "format": splits.format, "skipped": splits.skipped[:20],
             "tokens": {"train": rep.as_dict(), "validation": vrep.as_dict()},
-            "estimate": estimate(cfg, path, items, steps, placement)}
+            "estimate": estimate(cfg, path, items, steps, placement, plan)}

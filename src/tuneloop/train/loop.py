@@ -180,7 +180,8 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
             lr = scheduler.get_last_lr()[0]
             log.write({"step": state.step, "epoch": round(plan.epoch_of(state.step * ga), 4),
                        "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
-                       "tokens_per_s": state.tokens / max(state.elapsed, 1e-9)})
+                       "tokens_per_s": state.tokens / max(state.elapsed, 1e-9),
+                       "elapsed_s": round(state.elapsed, 3)})
             if bar:
                 bar.update(task, completed=state.step, loss=train_loss, lr=lr,
                            tps=state.tokens / max(state.elapsed, 1e-9))

@@ -1,0 +1,190 @@
+"""Machine calibration for cost estimates: one short micro-benchmark, cached per machine.
+
+`tuneloop train --dry-run` predicts step time and peak memory without loading or stepping the
+real model: step FLOPs come from the model's config and the planned batch shapes, divided by
+the training FLOP rate this machine reached on a small synthetic Llama (LoRA and full); peak
+memory is baseline + weights + trainable state + activations, where activation bytes are
+counted exactly by running the real architecture on PyTorch's meta device (no data, no
+compute) and scaled by the ratio of real to counted bytes seen in the same micro-benchmark.
+The probe runs in a fresh process (a clean RSS) and its result is cached under
+tuneloop_home()/calibration.json, keyed by CPU/GPU, threads, torch version and precision.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+from tuneloop.models.load import Placement, tuneloop_home
+from tuneloop.runs import atomic_write_text
+
+VERSION = 2
+PROBE = {"vocab_size": 8192, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 4,
+         "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 1024,
+         "tie_word_embeddings": True}
+PROBE_ROWS, PROBE_WIDTH = (2, 8), 128  # two batch sizes; half of each row is a target
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def machine_key(placement: Placement) -> str:
+    """What the calibration depends on: the chip, threads, torch and the compute precision."""
+    chip = torch.cuda.get_device_name() if placement.device == "cuda" else _cpu_name()
+    return f"v{VERSION}|{chip}|threads={torch.get_num_threads()}|torch={torch.__version__}|" \
+           f"{placement.device}|{placement.precision}"
+
+
+def model_sizes(config) -> dict[str, int]:
+    """Matmul parameter counts of a decoder-only config: body, LM head, layers, widths."""
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    q = config.num_attention_heads * head_dim
+    kv = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * head_dim
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * inter
+    return {"body": layers * per_layer, "head": config.vocab_size * h, "layers": layers, "hidden": h,
+            "attn_width": q}
+
+
+def step_flops(sizes: dict[str, int], full: bool, lora: int, positions: int, width: float,
+               targets: int) -> float:
+    """FLOPs of one forward+backward over `positions` (rows of `width`), head on `targets`."""
+    attn = 4 * sizes["layers"] * sizes["attn_width"] * width  # QK^T and AV per position
+    if full:
+        return positions * (6 * sizes["body"] + 3 * attn) + 6 * sizes["head"] * targets
+    # Frozen base: no weight gradients, only input gradients (2N); the adapter trains (6N).
+    return positions * (4 * sizes["body"] + 3 * attn + 6 * lora) + 4 * sizes["head"] * targets
+
+
+def saved_activation_bytes(model, rows: int, width: int) -> int:
+    """Activation bytes autograd saves for backward in one forward, counted on the meta device.
+
+    Saved tensors include weights (kept for input gradients); counting `rows` and `2*rows`
+    and taking the difference leaves only what grows with the batch.
+    """
+    return _saved_bytes(model, 2 * rows, width) - _saved_bytes(model, rows, width)
+
+
+def _saved_bytes(model, rows: int, width: int) -> int:
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    ids = torch.zeros(rows, width, dtype=torch.long, device="meta")
+    # A ready 4D mask skips transformers' data-dependent mask checks, which meta tensors refuse.
+    mask = torch.ones(rows, 1, width, width, dtype=torch.bool, device="meta")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, attention_mask=mask, use_cache=False,
+              logits_to_keep=torch.empty(0, dtype=torch.long, device="meta"))
+    return total
+
+
+def meta_model(config, method):
+    """The real architecture with the method attached, on the meta device (no memory, instant)."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.train.methods import wrap
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model = wrap(model, method.model_copy(update={"init_adapter": None}))
+    model.train()
+    return model
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def probe(device: str, precision: str) -> dict:
+    """The micro-benchmark itself (run in a fresh process): FLOP rate, per-step overhead, memory.
+
+    Two batch sizes separate the FLOP rate from a per-step cost that scales with the weights,
+    not the tokens (bf16 autocast re-casts every weight each step; the optimizer walks them).
+    """
+    import resource
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuneloop.config import MethodConfig
+    from tuneloop.train.loss import TargetLoss
+    from tuneloop.train.methods import count_parameters, wrap
+
+    base_rss = _rss()
+    config = LlamaConfig(**PROBE)
+    sizes = model_sizes(config)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    torch.manual_seed(0)
+    model = wrap(LlamaForCausalLM(config), MethodConfig()).to(device)
+    model.train()
+    loss = TargetLoss(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    trainable, total = count_parameters(model)
+    init_rss = _rss()
+    g = torch.Generator().manual_seed(0)
+    points = []
+    for rows in PROBE_ROWS:
+        width = PROBE_WIDTH
+        ids = torch.randint(0, PROBE["vocab_size"], (rows, width), generator=g)
+        labels = ids.clone()
+        labels[:, : width // 2] = -100
+        batch = {"input_ids": ids.to(device), "labels": labels.to(device)}
+        times = []
+        for i in range(3):
+            t = time.perf_counter()
+            with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+                s, n = loss(model, batch)
+            (s / n).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i:  # the first step allocates and warms up
+                times.append(time.perf_counter() - t)
+        flops = step_flops(sizes, False, trainable, rows * width, width,
+                           int((labels[:, 1:] != -100).sum()))
+        points.append((flops, min(times)))
+    (f1, t1), (f2, t2) = points
+    rate = (f2 - f1) / (t2 - t1) if t2 > t1 else f2 / t2
+    per_param = max(0.0, (t1 - f1 / rate) / total)
+    if rate <= 0 or rate > 10 * f2 / t2:  # noise won: one point, no fixed cost
+        rate, per_param = f2 / t2, 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    counted = saved_activation_bytes(meta_model(config, MethodConfig()), PROBE_ROWS[-1], PROBE_WIDTH)
+    return {"base_rss": base_rss, "flops_per_s": rate, "seconds_per_param": per_param,
+            "activation_factor": max(0.2, (peak - init_rss) / counted)}
+
+
+def calibration(placement: Placement, refresh: bool = False) -> dict:
+    """This machine's calibration, measured once (~seconds) and then read from the cache."""
+    path = tuneloop_home() / "calibration.json"
+    key = machine_key(placement)
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    if key in cache and not refresh:
+        return cache[key] | {"cached": True}
+    code = ("import json, sys; from tuneloop.train.calibrate import probe; "
+            f"print(json.dumps(probe({placement.device!r}, {placement.precision!r})))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    cal = json.loads(res.stdout.strip().splitlines()[-1])
+    cache = json.loads(path.read_text()) if path.exists() else {}  # another process may have written
+    cache[key] = cal
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(cache, indent=1))
+    return cal | {"cached": False}
