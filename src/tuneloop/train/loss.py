@@ -128,10 +128,15 @@ class TargetLoss:
             out = model(**batch)
             return out.loss.float() * n, n
         h, y = self.hidden_and_targets(model, batch)
-        return fused_linear_ce(h, self.head.weight, y, self.chunk), n
+        return fused_linear_ce(h, self._weight(), y, self.chunk), n
+
+    def _weight(self) -> torch.Tensor:
+        w = self.head.weight
+        # FSDP2 shards parameters as DTensors; the head is used whole, outside the forward.
+        return w.full_tensor() if hasattr(w, "full_tensor") else w
 
     def per_token(self, model, batch: dict) -> torch.Tensor:
         """NLL of every target token, in row-major position order (no gradient)."""
         with torch.no_grad():
             h, y = self.hidden_and_targets(model, batch)
-            return token_nll(h, self.head.weight, y, self.chunk)
+            return token_nll(h, self._weight(), y, self.chunk)
