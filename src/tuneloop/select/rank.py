@@ -74,7 +74,7 @@ def effective_weights(weights: dict[str, float], rows: list[dict]) -> dict[str, 
     if total <= 0:
         raise TuneloopError("--weights: every weight of a measured metric is zero; "
                             f"measured: {sorted({k for r in rows for k in r['metrics']})}")
-    return {k: w / total for k, w in present.items()}
+    return {k: round(w / total, 4) for k, w in present.items()}
 
 
 def _relative(value: float | None, best: float, higher: bool) -> float:
