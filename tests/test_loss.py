@@ -66,3 +66,20 @@ def test_fused_ce_without_grad_and_with_no_targets():
     assert float(fused_linear_ce(h, w, y, chunk=4)) == pytest.approx(float(ref), rel=1e-5)
     empty = fused_linear_ce(h[:0].requires_grad_(), w, y[:0])
     assert float(empty) == 0.0
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model):
+    model = _model(tiny_model)
+    model.train()
+    batch = _batch(model.config.vocab_size)
+    loss = TargetLoss(model)
+    total, n = loss(model, batch)
+    (total / n).backward()
+    want = _grads(model)
+    model.zero_grad(set_to_none=True)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    total, n = loss(model, batch)
+    (total / n).backward()
+    got = _grads(model)
+    assert want.keys() == got.keys() and want
+    assert all(torch.allclose(want[k], got[k], atol=1e-6) for k in want)

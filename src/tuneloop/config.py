@@ -118,6 +118,9 @@ class TrainConfig(_Section):
                            "tokens; position_ids restart per example, so attention stays isolated.")
     group_by_length: bool = Field(
         False, description="Without packing: batch examples of similar length (less padding).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in the backward pass: far less "
+                           "memory for about a third more compute.")
 
 
 class EvalConfig(_Section):

@@ -93,6 +93,9 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
     train_items, train_rep = encode_all(tok, splits.train, cfg.model.max_seq_len, cfg.train.loss_on)
     val_items, val_rep = encode_all(tok, splits.validation, cfg.model.max_seq_len, cfg.train.loss_on)
     model = wrap(load_base(model_path, placement, cfg.method), cfg.method)
+    if cfg.train.gradient_checkpointing:
+        # Non-reentrant: works with frozen inputs (LoRA) and restores the RNG for dropout.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     loss_fn = TargetLoss(model)  # before acc.prepare: it hooks the unwrapped decoder
     if cfg.train.packing and not loss_fn.selective:
         raise TuneloopError(f"train.packing does not work with method {cfg.method.name!r} (its "
