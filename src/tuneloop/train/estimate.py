@@ -29,6 +29,12 @@ def _batch_shapes(cfg: Config, items: list[Encoded], plan: BatchPlan, steps: int
     return shapes
 
 
+def _forward_again(sizes: dict[str, int], shape: dict) -> float:
+    """Gradient checkpointing recomputes the body's forward once more in the backward pass."""
+    attn = 4 * sizes["layers"] * sizes["attn_width"] * shape["width"]
+    return shape["positions"] * (2 * sizes["body"] + attn)
+
+
 def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, placement,
              plan: BatchPlan | None = None) -> dict:
     """Predicted step time, run time and peak memory of the run on this machine."""
@@ -54,11 +60,14 @@ def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, pla
     rate = cal["flops_per_s"]
     shapes = _batch_shapes(cfg, items, plan, steps)
     fixed = cal["seconds_per_param"] * total
-    micro_seconds = [step_flops(sizes, full, lora, s["positions"], s["width"], s["targets"]) / rate
-                     + fixed for s in shapes]
+    gc = cfg.train.gradient_checkpointing
+    micro_seconds = [(step_flops(sizes, full, lora, s["positions"], s["width"], s["targets"])
+                      + (_forward_again(sizes, s) if gc else 0)) / rate + fixed for s in shapes]
     step_seconds = sum(micro_seconds) / len(micro_seconds) * cfg.train.grad_accum
     big = max(shapes, key=lambda s: s["positions"])
     activations = saved_activation_bytes(model, big["rows"], big["width"]) * cal["activation_factor"]
+    if gc:  # roughly: one layer's activations at a time plus every layer's saved input
+        activations = activations / sizes["layers"] + big["positions"] * sizes["hidden"] * 4 * sizes["layers"]
     weight_bytes = total * (2 if placement.device == "cuda" and placement.precision == "bf16" else 4)
     # AdamW keeps two fp32 moments per trainable weight, plus its gradient.
     state_bytes = trainable * 12
