@@ -139,11 +139,18 @@ def flat_metrics(r: dict, primary: str) -> dict:
             "train_time": _train_minutes(r.get("train"))}
 
 
+def _tokens_per_s(t: dict) -> float | None:
+    return t.get("predicted_tokens_per_s") or t.get("measured_tokens_per_s")
+
+
 def _train_minutes(t: dict | None) -> float | None:
     """The estimator's minutes, unrounded (it rounds to 0.01, which is 0 for tiny runs)."""
-    if not t or not t.get("measured_tokens_per_s"):
+    if not t:
         return None
-    return round(t["planned_tokens"] / t["measured_tokens_per_s"] / 60, 5)
+    if t.get("predicted_step_seconds") is not None:
+        return round(t["predicted_step_seconds"] * t["steps"] / 60, 5)
+    return round(t["planned_tokens"] / t["measured_tokens_per_s"] / 60, 5) \
+        if t.get("measured_tokens_per_s") else None
 
 
 def _gpu_rows(r: dict, cfg) -> list[dict]:
@@ -212,7 +219,7 @@ def run_select(config: str | Path, candidates: list[str], max_memory: str | None
     for r in ok:
         r["gpu"] = _gpu_rows(r, cfg)
         r["cpu_train_tflops"] = round(gpu.achieved_tflops(
-            r["params"], r["train"]["measured_tokens_per_s"], cfg.method.name == "full"), 4)
+            r["params"], _tokens_per_s(r["train"]) or 0.0, cfg.method.name == "full"), 4)
     ranked = rank(ok, w)
     others = [r for r in results if r["status"] != "ok"]
     res = {"config": str(config), "task": cfg.task.type, "primary_metric": primary,
@@ -223,8 +230,8 @@ def run_select(config: str | Path, candidates: list[str], max_memory: str | None
            "winner": ranked[0]["name"] if ranked else None,
            "assumptions": [gpu.ASSUMPTIONS,
                            "peak_rss_gb: process peak RSS (VmHWM) of the candidate's own "
-                           "process during load and scoring; train memory: the estimator's "
-                           "process RSS after two LoRA steps on the longest batch",
+                           "process during load and scoring; train memory and minutes: "
+                           "train.estimate's prediction for the planned run (process RSS)",
                            "latency: batch-1 greedy decoding, prefill excluded"],
            "seconds": None}
     if write and ranked:

@@ -70,28 +70,32 @@ def _latency(model, tok, prompts: list[list[Message]], new_tokens: int) -> dict:
             "prompts": len(prompts), "decode_tokens": extra}
 
 
-def _probe(model, tok, cfg: Config, items, val: list[Example], steps: int,
+def _probe(model, tok, cfg: Config, items, plan, val: list[Example], steps: int,
            before: list[tuple[float, int, int]]) -> dict:
-    """Train `steps` LoRA steps (the method from the config) and measure the validation drop."""
+    """Train `steps` steps of the config's method with the training loop's batches and loss,
+    then measure how far the validation loss fell."""
     import torch
 
     from tuneloop.evaluate.runner import perplexity_bpb, target_nll
-    from tuneloop.train.batches import BatchPlan, collate
-    from tuneloop.train.estimate import _step
+    from tuneloop.train.loop import micro_batch
+    from tuneloop.train.loss import TargetLoss
     from tuneloop.train.methods import wrap
 
     torch.manual_seed(cfg.seed)
     model = wrap(model, cfg.method)
+    loss_fn = TargetLoss(model)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                             lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
-    plan = BatchPlan(len(items), cfg.train.batch_size, 1, 0, cfg.seed)
     dev = next(model.parameters()).device
-    seconds = 0.0
+    t0 = time.perf_counter()
     for k in range(steps):
-        batch = {n: v.to(dev) for n, v in collate([items[i] for i in plan.indices(k)],
-                                                  tok.pad_token_id).items()}
-        seconds += _step(model, opt, batch)
+        batch = micro_batch([items[i] for i in plan.indices(k)], tok.pad_token_id, cfg)
+        loss_sum, n = loss_fn(model, {name: v.to(dev) for name, v in batch.items()})
+        (loss_sum / n.clamp(min=1)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - t0
     model.eval()
     after = target_nll(model, tok, val, cfg.model.max_seq_len, cfg.eval.batch_size)
 
@@ -169,8 +173,11 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
 
     stage("estimate")
     placement = choose_placement(cfg.model.device, cfg.model.dtype)
-    steps = total_steps(cfg, BatchPlan(len(items), cfg.train.batch_size, 1, 0, cfg.seed))
-    res["train"] = estimate(cfg, path, items, steps, placement)
+    # The batch plan exactly as `train --dry-run` and the training loop build it.
+    lengths = [len(e.input_ids) for e in items] \
+        if cfg.train.group_by_length and not cfg.train.packing else None
+    plan = BatchPlan(len(items), cfg.train.batch_size, 1, 0, cfg.seed, lengths=lengths)
+    res["train"] = estimate(cfg, path, items, total_steps(cfg, plan), placement, plan)
     limit = spec.get("max_memory_gb")
     if limit is not None and res["train"]["estimated_peak_memory_gb"] > limit:
         res["status"] = "dropped"
@@ -226,7 +233,8 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
 
     if spec.get("probe_steps"):
         stage("probe")
-        res["probe"] = _probe(model, tok, cfg, items, val, spec["probe_steps"], zs.val_nll or [])
+        res["probe"] = _probe(model, tok, cfg, items, plan, val, spec["probe_steps"],
+                              zs.val_nll or [])
     stage("done")
     timings.pop("done", None)
     del model
