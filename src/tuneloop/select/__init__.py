@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tuneloop.config import Config
 from tuneloop.errors import TuneloopError
 from tuneloop.select import gpu
 from tuneloop.select.measure import STAGES, measure
@@ -159,21 +160,12 @@ def _gpu_rows(r: dict, cfg) -> list[dict]:
                            cfg.train.batch_size, tok["length_max"], cfg.method.name == "full")
 
 
-def run_select(config: str | Path, candidates: list[str], max_memory: str | None = None,
-               probe_steps: int = 0, weights: str | None = None, max_examples: int | None = 200,
-               few_shot_examples: int | None = 50, overrides: list[str] | None = None,
-               quiet: bool = False, isolate: bool = True, write: bool = False) -> dict:
-    """Measure and rank candidate base models on the config's validation split."""
+def _spec(config: str | Path, overrides: list[str] | None, max_examples: int | None,
+          few_shot_examples: int | None) -> tuple[Config, dict]:
+    """(config, what every measuring process needs): examples, labels, few-shot prompts."""
     from tuneloop.config import load_config
-    from tuneloop.console import progress
     from tuneloop.data.load import load_splits
-    from tuneloop.evaluate.scoring import PRIMARY
 
-    t_start = time.perf_counter()
-    w = parse_weights(weights)  # fail on a bad flag before minutes of measuring
-    limit_gb = parse_memory(max_memory)
-    if probe_steps < 0:
-        raise TuneloopError("--probe-steps must be 0 or more")
     cfg = load_config(config, overrides)
     splits = load_splits(cfg)
     val = splits.validation[:max_examples] if max_examples else splits.validation
@@ -194,9 +186,27 @@ def run_select(config: str | Path, candidates: list[str], max_memory: str | None
         shots = [[{"role": m.role, "content": m.content} for m in p]
                  for p in few_shot_prompts(val[:n_shot], splits.train, cfg.eval.few_shot_k,
                                            cfg.task)]
-    spec = {"config": cfg.model_dump(mode="json"), "labels": labels,
-            "validation": [e.to_dict() for e in val], "train": [e.to_dict() for e in splits.train],
-            "few_shot_prompts": shots, "max_memory_gb": limit_gb, "probe_steps": probe_steps}
+    return cfg, {"config": cfg.model_dump(mode="json"), "labels": labels,
+                 "validation": [e.to_dict() for e in val],
+                 "train": [e.to_dict() for e in splits.train], "few_shot_prompts": shots}
+
+
+def run_select(config: str | Path, candidates: list[str], max_memory: str | None = None,
+               probe_steps: int = 0, weights: str | None = None, max_examples: int | None = 200,
+               few_shot_examples: int | None = 50, overrides: list[str] | None = None,
+               quiet: bool = False, isolate: bool = True, write: bool = False) -> dict:
+    """Measure and rank candidate base models on the config's validation split."""
+    from tuneloop.console import progress
+    from tuneloop.evaluate.scoring import PRIMARY
+
+    t_start = time.perf_counter()
+    w = parse_weights(weights)  # fail on a bad flag before minutes of measuring
+    limit_gb = parse_memory(max_memory)
+    if probe_steps < 0:
+        raise TuneloopError("--probe-steps must be 0 or more")
+    cfg, spec = _spec(config, overrides, max_examples, few_shot_examples)
+    spec |= {"max_memory_gb": limit_gb, "probe_steps": probe_steps}
+    shots, val = spec["few_shot_prompts"], spec["validation"]
     stages = [s for s in STAGES if (s != "probe" or probe_steps) and (s != "few_shot" or shots)]
     results = []
     with progress(quiet) as bar:
