@@ -23,7 +23,7 @@ import torch
 from tuneloop.models.load import Placement, tuneloop_home
 from tuneloop.runs import atomic_write_text
 
-VERSION = 2
+VERSION = 3
 PROBE = {"vocab_size": 8192, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 4,
          "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 1024,
          "tie_word_embeddings": True}
@@ -125,7 +125,7 @@ def probe(device: str, precision: str) -> dict:
 
     from tuneloop.config import MethodConfig
     from tuneloop.train.loss import TargetLoss
-    from tuneloop.train.methods import count_parameters, wrap
+    from tuneloop.train.methods import count_parameters, frozen_to_compute_dtype, wrap
 
     base_rss = _rss()
     config = LlamaConfig(**PROBE)
@@ -133,6 +133,8 @@ def probe(device: str, precision: str) -> dict:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     torch.manual_seed(0)
     model = wrap(LlamaForCausalLM(config), MethodConfig()).to(device)
+    if device == "cpu":  # as the training loop does
+        frozen_to_compute_dtype(model, precision)
     model.train()
     loss = TargetLoss(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)

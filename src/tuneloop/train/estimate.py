@@ -68,7 +68,13 @@ def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, pla
     activations = saved_activation_bytes(model, big["rows"], big["width"]) * cal["activation_factor"]
     if gc:  # roughly: one layer's activations at a time plus every layer's saved input
         activations = activations / sizes["layers"] + big["positions"] * sizes["hidden"] * 4 * sizes["layers"]
-    weight_bytes = total * (2 if placement.device == "cuda" and placement.precision == "bf16" else 4)
+    half = placement.precision in ("bf16", "fp16")
+    if placement.device == "cuda" and half:
+        weight_bytes = total * 2
+    elif half and not full:  # the loop stores the frozen linears in the compute dtype
+        weight_bytes = (total - sizes["body"]) * 4 + sizes["body"] * 2
+    else:
+        weight_bytes = total * 4
     # AdamW keeps two fp32 moments per trainable weight, plus its gradient.
     state_bytes = trainable * 12
     base = cal["base_rss"] if placement.device == "cpu" else 0

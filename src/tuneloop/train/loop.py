@@ -25,7 +25,7 @@ from tuneloop.runs import environment, new_run_dir, write_json
 from tuneloop.train import checkpoint
 from tuneloop.train.batches import BatchPlan, collate, eval_batches
 from tuneloop.train.loss import TargetLoss
-from tuneloop.train.methods import count_parameters, load_base, wrap
+from tuneloop.train.methods import count_parameters, frozen_to_compute_dtype, load_base, wrap
 from tuneloop.train.packing import collate_packed
 
 
@@ -93,6 +93,8 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
     train_items, train_rep = encode_all(tok, splits.train, cfg.model.max_seq_len, cfg.train.loss_on)
     val_items, val_rep = encode_all(tok, splits.validation, cfg.model.max_seq_len, cfg.train.loss_on)
     model = wrap(load_base(model_path, placement, cfg.method), cfg.method)
+    if placement.device == "cpu":  # CUDA already loads the base in bf16
+        frozen_to_compute_dtype(model, placement.precision)
     if cfg.train.gradient_checkpointing:
         # Non-reentrant: works with frozen inputs (LoRA) and restores the RNG for dropout.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -91,6 +91,32 @@ def _from_adapter(model, m: MethodConfig):
     return PeftModel.from_pretrained(model, folder, is_trainable=True)
 
 
+def frozen_to_compute_dtype(model, precision: str) -> int:
+    """Store frozen Linear weights in the bf16/fp16 compute dtype; returns how many were cast.
+
+    Under autocast a matmul casts its fp32 weight to bf16 on every call, and the cast is only
+    cached for weights that train, so a frozen base pays a full copy of itself per step, and
+    keeps fp32 weights it never updates. Casting once gives the same bf16 matmuls (autocast
+    would round to the same values), half the weight memory and no per-step copies. Norms,
+    embeddings and trainable weights stay fp32.
+    """
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return 0
+    cast = 0
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        if isinstance(module, torch.nn.Linear) and w is not None and not w.requires_grad \
+                and w.dtype == torch.float32 and module is not model.get_output_embeddings():
+            module.weight.data = w.data.to(dtype)
+            if module.bias is not None and not module.bias.requires_grad:
+                module.bias.data = module.bias.data.to(dtype)
+            cast += 1
+    return cast
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
