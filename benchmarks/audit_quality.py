@@ -57,19 +57,16 @@ def pr(found: set[str], truth: set[str], allowed: set[str] | None = None) -> str
     return f"recall {rec:.2f}  precision {prec:.2f}  (flagged {len(found)}, injected {len(truth)})"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    rng = random.Random(args.seed)
+def build(n: int, seed: int) -> dict:
+    """Real rows with injected faults, the test split, and the ids of every injected fault."""
+    rng = random.Random(seed)
     train = banking77("train")
     rng.shuffle(train)
     test = banking77("test")
     rng.shuffle(test)
     test = test[:300]
     labels = sorted({lab for _, lab in train})
-    rows = [{"id": f"r{i}", "text": t, "label": lab} for i, (t, lab) in enumerate(train[:args.n])]
+    rows = [{"id": f"r{i}", "text": t, "label": lab} for i, (t, lab) in enumerate(train[:n])]
     base = list(rows)
     truth: dict[str, set[str]] = {k: set() for k in ("exact", "near_edit", "near_para", "flip",
                                                      "leak_exact", "leak_edit", "leak_para",
@@ -109,6 +106,18 @@ def main() -> None:
         src["text"] = " ".join([src["text"]] * 80)
         truth["long"].add(src["id"])
     rng.shuffle(rows)
+    return {"rows": rows, "test": test, "labels": labels, "truth": truth, "pii": pii_truth,
+            "originals": originals}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    b = build(args.n, args.seed)
+    rows, test, labels, truth = b["rows"], b["test"], b["labels"], b["truth"]
+    pii_truth, originals = b["pii"], b["originals"]
     with tempfile.TemporaryDirectory() as d:
         tr, te = Path(d) / "train.jsonl", Path(d) / "test.jsonl"
         tr.write_text("".join(json.dumps(r) + "\n" for r in rows))

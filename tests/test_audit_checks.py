@@ -77,8 +77,9 @@ def test_leakage_exact_near_and_ngram(tmp_path):
 
 
 def test_lengths_with_a_real_tokenizer_and_trivial_answers(tmp_path):
-    from tests.tiny import build_tiny_model
     from transformers import AutoTokenizer
+
+    from tiny import build_tiny_model
 
     tok = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "m"))
     p = write(tmp_path / "d.jsonl", [

@@ -55,7 +55,12 @@ def audit(
     md: Annotated[Path | None, typer.Option(help="Write the Markdown data card here.")] = None,
     near_threshold: NearOpt = 0.7,
     semantic_threshold: Annotated[float, typer.Option(
-        help="MiniLM cosine for paraphrase duplicates and leakage.")] = 0.95,
+        help="MiniLM cosine for paraphrase duplicates.")] = 0.95,
+    leak_threshold: Annotated[float, typer.Option(
+        help="MiniLM cosine to the nearest eval/--against record for a reworded leak (it must "
+             "also share --leak-overlap of its words).")] = 0.75,
+    leak_overlap: Annotated[float, typer.Option(
+        help="Word-set Jaccard a reworded leak must share with that record.")] = 0.6,
     embeddings: Annotated[bool, typer.Option(
         help="MiniLM checks: semantic duplicates, mislabels, outliers.")] = True,
     model: Annotated[bool, typer.Option(
@@ -68,6 +73,7 @@ def audit(
 
     path, cfg = _resolve(data, config, sets)
     opts = AuditOptions(near_threshold=near_threshold, semantic_threshold=semantic_threshold,
+                        leak_semantic_threshold=leak_threshold, leak_word_overlap=leak_overlap,
                         embeddings=embeddings, seed=cfg.seed)
     tok = _tokenizer(cfg) if model else None
     report = run_audit(path, cfg, against or [], opts, tok, progress=not (quiet or json_out))

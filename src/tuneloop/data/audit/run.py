@@ -21,7 +21,9 @@ class AuditOptions:
     """Thresholds of the checks; the defaults suit 100-10,000 short records."""
 
     near_threshold: float = 0.7  # word 5-gram Jaccard for near duplicates
-    semantic_threshold: float = 0.95  # MiniLM cosine for paraphrases
+    semantic_threshold: float = 0.95  # MiniLM cosine for paraphrase duplicates
+    leak_semantic_threshold: float = 0.75  # MiniLM cosine to the nearest eval record ...
+    leak_word_overlap: float = 0.6  # ... and word-set Jaccard with it, for a reworded leak
     num_perm: int = 128  # MinHash permutations
     min_per_class: int = 10
     embeddings: bool = True  # semantic duplicates, mislabels and outliers need MiniLM
@@ -89,7 +91,8 @@ def run_audit(path: str | Path, cfg: Config, against: list[str | Path] = (),
         pb.update(task, advance=1, description="audit: leakage")
         for p, rs in others:
             findings += leakage.leakage_findings(recs, rs, p, opts.near_threshold, opts.num_perm,
-                                                 emb, other_emb.get(p), opts.semantic_threshold)
+                                                 emb, other_emb.get(p), opts.leak_semantic_threshold,
+                                                 opts.leak_word_overlap)
         pb.update(task, advance=1, description="audit: lengths")
         lengths, unit = token_lengths(recs, tokenizer)
         findings += length_findings(recs, lengths, unit, cfg.model.max_seq_len, classification)
