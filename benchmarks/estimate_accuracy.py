@@ -1,6 +1,6 @@
 """How close `tuneloop train --dry-run` comes to measured step time and peak memory.
 
-Usage:  .venv/bin/python benchmarks/estimate_accuracy.py [--steps 3]
+Usage:  .venv/bin/python benchmarks/estimate_accuracy.py [--steps 3] [--recalibrate]
 
 Three configs on the bundled SmolLM2-135M-Instruct and PubMedQA-derived chat data (see
 train_throughput.py): LoRA batch 2 padded, LoRA batch 4 packed, LoRA r=8 batch 4 on short
@@ -66,13 +66,21 @@ def measure(config: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--recalibrate", action="store_true", help="re-run the machine calibration first")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         return measure(a.worker)
     from tuneloop.config import load_config
+    from tuneloop.models.load import choose_placement
+    from tuneloop.train.calibrate import calibration
     from tuneloop.train.estimate import dry_run
 
+    if a.recalibrate:  # on a shared machine the load changes: calibrate under today's load
+        cal = calibration(choose_placement(), refresh=True)
+        print(f"calibrated: {cal['flops_per_s'] / 1e9:.1f} GFLOP/s, "
+              f"{cal['seconds_per_param'] * 1e9:.1f} s per 1e9 params per step, "
+              f"activation factor {cal['activation_factor']:.2f}", flush=True)
     worst = 0.0
     with tempfile.TemporaryDirectory() as d:
         for name in CONFIGS:
