@@ -133,3 +133,11 @@ def test_score_and_recommendation():
     assert epochs_for(20) == 5 and epochs_for(500) == 3 and epochs_for(20_000) == 1
     rec = recommend(500, 100.0, "tokens")
     assert rec["epochs"] == 3 and rec["training_tokens"] == 150_000
+
+
+def test_short_texts_with_one_added_word_are_near_duplicates():
+    texts = ["My PIN got blocked, help", "so my PIN got blocked, help?",
+             "How do I change my PIN?", "How do I change my address?"]
+    pairs = {(a, b) for a, b, _ in near_pairs(texts, 0.7)}
+    assert (0, 1) in pairs  # word 5-grams alone give Jaccard 0.5 here
+    assert (2, 3) not in pairs  # same frame, different question

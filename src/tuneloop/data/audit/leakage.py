@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from datasketch import MinHashLSH
 
-from tuneloop.data.audit.dedup import minhashes, shingle_sets
+from tuneloop.data.audit.dedup import LSH_SLACK, minhashes, shingle_sets
 from tuneloop.data.audit.findings import Finding
 from tuneloop.data.audit.neighbours import nearest_in
 from tuneloop.data.audit.records import Record
@@ -39,7 +39,7 @@ def leakage_findings(recs: list[Record], other: list[Record], other_path: Path,
             hits["exact"][r.id] = index[normalise(r.input)]
     # Near: an LSH index over the other file, queried with each record, Jaccard re-verified.
     osh = shingle_sets([o.input for o in other])
-    lsh = MinHashLSH(threshold=near_threshold, num_perm=num_perm)
+    lsh = MinHashLSH(threshold=max(0.05, near_threshold - LSH_SLACK), num_perm=num_perm)
     for j, m in enumerate(minhashes(osh, num_perm)):
         if osh[j]:
             lsh.insert(j, m)
