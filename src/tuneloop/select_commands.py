@@ -25,9 +25,9 @@ def select_cmd(
         help="Trade-off, e.g. `quality=0.7,cost=0.3`, or per metric: bpb, zero_shot, few_shot, "
              "adapt, latency, memory, train_time (e.g. `bpb=1,latency=0.2`).")] = None,
     max_examples: Annotated[int, typer.Option(
-        help="Measure on at most N validation examples (0: all).")] = 200,
+        help="Measure on at most N validation examples (a seeded sample; 0: all).")] = 200,
     few_shot_examples: Annotated[int, typer.Option(
-        help="Few-shot metric on the first N of those examples (k shots make each prompt k+1 "
+        help="Few-shot metric on a seeded sample of N of those (k shots make each prompt k+1 "
              "times longer; 0: skip few-shot).")] = 50,
     write: Annotated[bool, typer.Option(
         "--write", help="Put the winner into the config's model.name (backup kept as "
@@ -95,7 +95,7 @@ def print_result(res: dict) -> None:
         cost.add_row(c["name"], f"{c['params'] / 1e6:.1f}M", _v(c["load_s"], ".2f"),
                      _v(c["peak_rss_gb"], ".2f"), _v(c["latency"]["s_per_token"], ".4f"),
                      _v(t["estimated_train_minutes"], ".1f"), _v(t["estimated_peak_memory_gb"], ".2f"),
-                     *(f"{g['estimated_train_minutes']:.2f} / {g['estimated_memory_gb']:.1f}"
+                     *(f"{g['estimated_train_minutes']:.2g} / {g['estimated_memory_gb']:.1f}"
                        + ("" if g["fits"] else " (no fit)") for g in c["gpu"]))
     if ok:
         out.print(cost)

@@ -168,7 +168,7 @@ def _spec(config: str | Path, overrides: list[str] | None, max_examples: int | N
 
     cfg = load_config(config, overrides)
     splits = load_splits(cfg)
-    val = splits.validation[:max_examples] if max_examples else splits.validation
+    val = _sample(splits.validation, max_examples, cfg.seed)
     if not val:
         raise TuneloopError(f"{config}: no validation examples to measure on; set data.validation "
                             "or data.validation_fraction above 0 (with at least 10 rows)")
@@ -178,17 +178,30 @@ def _spec(config: str | Path, overrides: list[str] | None, max_examples: int | N
     shots = None
     # k solved examples make a prompt k+1 times longer: on a CPU the few-shot pass costs more
     # than everything else together, so it runs on the first `few_shot_examples` only.
-    n_shot = len(val) if few_shot_examples is None else min(few_shot_examples, len(val))
-    if cfg.eval.few_shot_k > 0 and splits.train and n_shot > 0:
+    shot_ids = [e.id for e in _sample(val, few_shot_examples, cfg.seed)]
+    if cfg.eval.few_shot_k > 0 and splits.train and shot_ids:
         from tuneloop.evaluate.baselines import few_shot_prompts
 
+        by_id = {e.id: e for e in val}
         # Prompts are text, the same for every candidate: retrieve once, here.
         shots = [[{"role": m.role, "content": m.content} for m in p]
-                 for p in few_shot_prompts(val[:n_shot], splits.train, cfg.eval.few_shot_k,
-                                           cfg.task)]
+                 for p in few_shot_prompts([by_id[i] for i in shot_ids], splits.train,
+                                           cfg.eval.few_shot_k, cfg.task)]
     return cfg, {"config": cfg.model_dump(mode="json"), "labels": labels,
                  "validation": [e.to_dict() for e in val],
-                 "train": [e.to_dict() for e in splits.train], "few_shot_prompts": shots}
+                 "train": [e.to_dict() for e in splits.train], "few_shot_prompts": shots,
+                 "few_shot_ids": shot_ids if shots else None}
+
+
+def _sample(examples: list, n: int | None, seed: int) -> list:
+    """A seeded random subset of n examples in file order (all when n is None or larger):
+    the first n rows of a file sorted by label would cover only a few labels."""
+    import random
+
+    if n is None or n >= len(examples):
+        return list(examples)
+    keep = set(random.Random(seed).sample(range(len(examples)), max(n, 0)))
+    return [e for i, e in enumerate(examples) if i in keep]
 
 
 def run_select(config: str | Path, candidates: list[str], max_memory: str | None = None,

@@ -216,7 +216,8 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
     stage("few_shot")
     if spec.get("few_shot_prompts"):
         shots = [[Message(**m) for m in p] for p in spec["few_shot_prompts"]]
-        sub = val[:len(shots)]
+        by_id = {e.id: e for e in val}
+        sub = [by_id[i] for i in spec["few_shot_ids"]]
         fs = run_llm("few_shot", model, tok, cfg, sub, shots, None, free_generation=False)
         res["quality"]["few_shot"] = score(fs, sub, task, labels, n_boot, cfg.seed,
                                            faithfulness=False).metrics
