@@ -19,6 +19,7 @@ from _banking77 import banking77  # noqa: E402
 
 from tuneloop.config import parse_config  # noqa: E402
 from tuneloop.data.audit import run_audit  # noqa: E402
+from tuneloop.data.audit.text import words  # noqa: E402
 from tuneloop.models.load import load_tokenizer, resolve_model  # noqa: E402
 
 # Synthetic PII only (documentation test numbers and reserved ranges), never real people.
@@ -110,6 +111,37 @@ def build(n: int, seed: int) -> dict:
             "originals": originals}
 
 
+def word_distance(a: str, b: str) -> int:
+    """Word-level edit distance of two texts, case and punctuation ignored."""
+    x, y = words(a), words(b)
+    prev = list(range(len(y) + 1))
+    for i, wa in enumerate(x, 1):
+        cur = [i]
+        for j, wb in enumerate(y, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (wa != wb)))
+        prev = cur
+    return prev[-1]
+
+
+def genuine_copies(report, rows: list[dict], expected: set[str]) -> set[str]:
+    """Real records the near check flagged that are within one word of a cluster partner: the
+    same kind of copy the benchmark injects, already present in banking77 (printed for review)."""
+    text = {r["id"]: r["text"] for r in rows}
+    out = set()
+    for f in report.findings:
+        if f.check != "duplicates.near":
+            continue
+        for c in f.evidence["clusters"]:
+            for a in c["ids"]:
+                if a in expected or a.startswith(("exact", "leak")):
+                    continue
+                close = [b for b in c["ids"] if b != a and word_distance(text[a], text[b]) <= 1]
+                if close:
+                    out.add(a)
+                    print(f"    genuine: {text[a][:50]!r} ~ {text[close[0]][:50]!r}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
@@ -143,8 +175,11 @@ def main() -> None:
     near = union("duplicates.near", "duplicates.semantic") - truth["exact"]
     # An original and its copy are flagged together; both count as correct for precision, and so
     # does an injected paraphrase copy the near check also catches (it is an injected duplicate).
-    print(f"near, light edits  : "
-          f"{pr(union('duplicates.near'), truth['near_edit'], originals | truth['near_para'])}")
+    near_ok = originals | truth["near_para"]
+    print(f"near, light edits  : {pr(union('duplicates.near'), truth['near_edit'], near_ok)}")
+    genuine = genuine_copies(report, rows, truth["near_edit"] | near_ok)
+    print(f"  + genuine copies : {pr(union('duplicates.near'), truth['near_edit'], near_ok | genuine)}"
+          f" (counting {len(genuine)} real records one word or less from another as right)")
     print(f"near+semantic edits: {pr(near & truth['near_edit'], truth['near_edit'])}")
     print(f"near+semantic paras: {pr(near & truth['near_para'], truth['near_para'])}")
     print(f"near+semantic all  : {pr(near, near_truth, originals)}")

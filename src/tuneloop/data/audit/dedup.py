@@ -61,8 +61,8 @@ def minhashes(shingles: list[set[str]], num_perm: int, seed: int = 1) -> list[Mi
 
 def near_pairs(texts: list[str], threshold: float, num_perm: int = 128,
                ) -> list[tuple[int, int, float]]:
-    """Pairs whose true word-5-gram Jaccard is >= threshold (character 5-grams, higher bar, for
-    texts of <= 8 words); LSH proposes, the exact Jaccard decides."""
+    """Pairs whose true word-5-gram Jaccard is >= threshold (for texts of <= 8 words: character
+    5-grams at a higher bar and word sets at the threshold); LSH proposes, exact Jaccard decides."""
     # Duplicates, conflicts and the recommendation all ask for the same pairs: compute once.
     return list(_near_pairs(tuple(texts), threshold, num_perm))
 
@@ -100,15 +100,18 @@ def _near_pairs(texts: tuple[str, ...], threshold: float, num_perm: int,
     seen = {(a, b) for a, b, _ in out}
     bar = min(1.0, threshold + SHORT_MARGIN)
     for a, b, score in _lsh_pairs([char_shingles(texts[i]) for i in short], bar, num_perm):
-        if (short[a], short[b]) not in seen:
+        x, y = texts[short[a]], texts[short[b]]
+        # Words must agree too: "question number 1" vs "... 2" share most characters, not words.
+        if (short[a], short[b]) not in seen and jaccard(set(words(x)), set(words(y))) >= threshold:
             out.append((short[a], short[b], score))
     return tuple(out)
 
 
 def semantic_pairs(emb: np.ndarray, threshold: float, k: int = 10,
-                   ) -> list[tuple[int, int, float]]:
-    """Pairs with cosine >= threshold among each row's k nearest neighbours."""
-    sims, idx = knn(emb, k)
+                   nn: tuple[np.ndarray, np.ndarray] | None = None) -> list[tuple[int, int, float]]:
+    """Pairs with cosine >= threshold among each row's k nearest neighbours (`nn`: knn(emb, k)
+    when the caller already has it)."""
+    sims, idx = nn if nn is not None else knn(emb, k)
     out = {}
     for i in range(len(emb)):
         for s, j in zip(sims[i], idx[i], strict=True):
@@ -125,7 +128,8 @@ def _cluster_evidence(recs: list[Record], groups: list[list[int]], limit: int = 
 
 
 def duplicate_findings(recs: list[Record], near_threshold: float, num_perm: int,
-                       emb: np.ndarray | None, semantic_threshold: float) -> list[Finding]:
+                       emb: np.ndarray | None, semantic_threshold: float,
+                       nn: tuple[np.ndarray, np.ndarray] | None = None) -> list[Finding]:
     """Exact, near and semantic duplicate clusters; each later check skips what earlier found."""
     n = len(recs)
     out = []
@@ -148,7 +152,7 @@ def duplicate_findings(recs: list[Record], near_threshold: float, num_perm: int,
         covered = {frozenset(g) for g in exact + near}
         seen = {i for g in exact + near for i in g}
         sem = [g for g in clusters(n, [(a, b) for a, b, _ in semantic_pairs(
-            emb, semantic_threshold)]) if frozenset(g) not in covered and not set(g) <= seen]
+            emb, semantic_threshold, nn=nn)]) if frozenset(g) not in covered and not set(g) <= seen]
         if sem:
             out.append(Finding(
                 "duplicates.semantic", "info", [recs[i].id for g in sem for i in g],

@@ -128,11 +128,12 @@ def mislabel_findings(recs: list[Record], emb: np.ndarray, seed: int = 0) -> lis
                     {"suspects": ev})]
 
 
-def outlier_findings(recs: list[Record], emb: np.ndarray, k: int = 5) -> list[Finding]:
+def outlier_findings(recs: list[Record], emb: np.ndarray, k: int = 5,
+                     nn: tuple[np.ndarray, np.ndarray] | None = None) -> list[Finding]:
     """Records far from all others: mean cosine distance to k neighbours above Q3 + 1.7 IQR."""
     if len(recs) <= k + 3:
         return []
-    sims, _ = knn(emb, k)
+    sims = (nn[0] if nn is not None else knn(emb, k)[0])[:, :k]
     dist = 1.0 - sims.mean(axis=1)
     q1, q3 = np.percentile(dist, [25, 75])
     fence = q3 + IQR_K * (q3 - q1)

@@ -12,6 +12,7 @@ from tuneloop.config import Config
 from tuneloop.data.audit import conflicts, dedup, format_checks, hygiene, labels, leakage, pii
 from tuneloop.data.audit.findings import Finding, sort_findings
 from tuneloop.data.audit.lengths import length_findings, token_lengths
+from tuneloop.data.audit.neighbours import knn
 from tuneloop.data.audit.records import read_set
 from tuneloop.data.audit.score import recommend, score
 
@@ -85,8 +86,10 @@ def run_audit(path: str | Path, cfg: Config, against: list[str | Path] = (),
             emb = embed([r.input for r in recs])
             other_emb = {p: embed([o.input for o in rs]) for p, rs in others}
         pb.update(task, advance=1, description="audit: duplicates")
+        # One neighbour search serves semantic duplicates (10 nearest) and outliers (5 nearest).
+        nn = knn(emb, 10) if emb is not None else None
         findings += dedup.duplicate_findings(recs, opts.near_threshold, opts.num_perm, emb,
-                                             opts.semantic_threshold)
+                                             opts.semantic_threshold, nn)
         findings += conflicts.conflict_findings(recs, opts.near_threshold, opts.num_perm)
         pb.update(task, advance=1, description="audit: leakage")
         for p, rs in others:
@@ -102,7 +105,7 @@ def run_audit(path: str | Path, cfg: Config, against: list[str | Path] = (),
             if emb is not None:
                 findings += labels.mislabel_findings(recs, emb, opts.seed)
         if emb is not None:
-            findings += labels.outlier_findings(recs, emb)
+            findings += labels.outlier_findings(recs, emb, nn=nn)
         pb.update(task, advance=1, description="audit: pii and hygiene")
         rows = [(r.id, {k: v for k, v in r.data.items() if k != "id"})
                 for r in aset.records if r.data is not None]
