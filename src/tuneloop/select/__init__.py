@@ -90,8 +90,8 @@ def _isolated(spec: dict, report: Report) -> dict:
         sp.write_text(json.dumps(spec))
         env = os.environ | {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
         # OpenMP threads that spin while waiting waste the CPU when other processes share it:
-        # measured here (2 cores, load ~8), zero-shot scoring took 3-4x the wall time and 5x
-        # the CPU time of the same run with passive waiting, which costs little when idle.
+        # measured here (2 cores, load ~8), zero-shot scoring on 2 spinning threads took 2.7-3.7x
+        # the wall time and 4-5x the CPU time of one thread; passive waiting matched one thread.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         with open(ep, "w") as errf:
             proc = subprocess.Popen([sys.executable, "-m", "tuneloop.select.measure", str(sp),
