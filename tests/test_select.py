@@ -208,3 +208,12 @@ def test_cli_isolated_processes_json_and_write(tmp_path, models):
 def test_flat_metrics_of_a_partial_result():
     m = flat_metrics({"quality": {"bits_per_byte": {"value": 1.2, "ci": [1, 1.4]}}}, "accuracy")
     assert m["bpb"] == 1.2 and m["zero_shot"] is None and m["adapt"] is None
+
+
+def test_subsets_are_seeded_samples_in_file_order():
+    from tuneloop.select import _sample
+
+    rows = list(range(100))  # e.g. a file sorted by label: the first 10 would be one class
+    a, b = _sample(rows, 10, seed=0), _sample(rows, 10, seed=1)
+    assert len(a) == 10 and a == sorted(a) and a != rows[:10] and a != b
+    assert a == _sample(rows, 10, seed=0) and _sample(rows, None, 0) == rows == _sample(rows, 500, 0)
