@@ -23,7 +23,7 @@ import torch
 from tuneloop.models.load import Placement, tuneloop_home
 from tuneloop.runs import atomic_write_text
 
-VERSION = 4
+VERSION = 5
 PROBE = {"vocab_size": 8192, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 4,
          "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 1024,
          "tie_word_embeddings": True}
@@ -82,7 +82,10 @@ def _saved_bytes(model, rows: int, width: int) -> int:
 
     def pack(t):
         nonlocal total
-        total += t.numel() * t.element_size()
+        # (.., width, width) tensors are attention maps of the decomposed sdpa that meta
+        # tensors take; the fused CPU/CUDA kernels keep only the output and a logsumexp.
+        if not (t.dim() >= 2 and t.shape[-1] == width and t.shape[-2] == width):
+            total += t.numel() * t.element_size()
         return t
 
     ids = torch.zeros(rows, width, dtype=torch.long, device="meta")
