@@ -63,7 +63,7 @@ def start_server(cfg_file: Path, port: int, log: Path) -> subprocess.Popen:
 
 
 def replay(rows: list[dict], port: int, cfg) -> dict:
-    """Send each row as a chat request (rendered like the training prompts) with 4 concurrent
+    """Send each row as a chat request (rendered like the training prompts) with 16 concurrent
     clients, then post its true label as feedback. Returns accuracy of the served answers."""
     import httpx
     from openai import OpenAI
@@ -85,7 +85,7 @@ def replay(rows: list[dict], port: int, cfg) -> dict:
         return parse_label(answer, cfg.task.labels) == row["label"]
 
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(16) as pool:  # the server micro-batches concurrent requests
         right = list(pool.map(one, rows))
     return {"requests": len(rows), "served_accuracy": round(sum(right) / len(rows), 4),
             "seconds": round(time.perf_counter() - t0, 1)}
