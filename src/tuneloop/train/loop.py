@@ -77,11 +77,16 @@ def validation_loss(model, loss_fn: TargetLoss, items: list[Encoded], batch_size
 def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple[Path, dict]:
     """Fine-tune per `cfg`; returns (run folder, summary). `resume` continues a run folder."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
     # ---- setup -----------------------------------------------------------------------------
     placement = choose_placement(cfg.model.device, cfg.model.dtype)
+    # Accelerate keeps its precision in a process-wide singleton; a second train() in the same
+    # process with another precision (fp32 then bf16) would be refused. The process group
+    # (PartialState) is kept, so DDP is unaffected.
+    AcceleratorState._reset_state()
     acc = Accelerator(cpu=placement.device == "cpu", mixed_precision=placement.mixed_precision)
     set_seed(cfg.seed)
     splits = load_splits(cfg)
