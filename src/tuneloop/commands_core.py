@@ -10,12 +10,10 @@ from typing import Annotated
 
 import typer
 
-from tuneloop.console import out, print_json
+from tuneloop.console import JsonOpt, QuietOpt, out, print_json
 
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config key, e.g. --set train.learning_rate=1e-4 (repeatable).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 config_app = typer.Typer(help="Inspect and validate tuneloop.yaml.", no_args_is_help=True)
 

@@ -8,11 +8,10 @@ from typing import Annotated
 
 import typer
 
-from tuneloop.console import out, print_json
+from tuneloop.console import JsonOpt, out, print_json
 from tuneloop.errors import TuneloopError
 from tuneloop.registry import Registry, Version
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="tuneloop.yaml (or its folder) whose `registry.dir` holds the registry. "
                            "Default: ./tuneloop.yaml.")]

@@ -7,12 +7,10 @@ from typing import Annotated
 
 import typer
 
-from tuneloop.console import out, print_json
+from tuneloop.console import JsonOpt, QuietOpt, out, print_json
 
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config key, e.g. --set eval.max_examples=100 (repeatable).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 LimitOpt = Annotated[int | None, typer.Option(
     "--limit", help="Evaluate at most N test examples (default: eval.max_examples).")]
 BootOpt = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the CIs.")]

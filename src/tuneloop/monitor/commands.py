@@ -7,13 +7,11 @@ from typing import Annotated
 
 import typer
 
-from tuneloop.console import err, out, print_json
+from tuneloop.console import JsonOpt, QuietOpt, err, out, print_json
 
 ConfigArg = Annotated[Path, typer.Argument(help="tuneloop.yaml or its folder.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config key, e.g. --set monitor.min_requests=50 (repeatable).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 WindowOpt = Annotated[str | None, typer.Option(
     "--window", help="Traffic window ending now, e.g. 24h, 7d (default: monitor.window).")]
 HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Also write an HTML drift report here.")]
