@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from tuneloop.config import parse_config
+from tuneloop.data.audit.dedup import duplicate_findings, semantic_pairs
 from tuneloop.data.audit.labels import out_of_fold_probs, suspect_indices
 from tuneloop.data.audit.leakage import leakage_findings
 from tuneloop.data.audit.records import Record
 from tuneloop.data.schema import Example, Message
+from tuneloop.errors import TuneloopError
 
 
 def rec(rid: str, text: str) -> Record:
@@ -76,3 +80,37 @@ def test_suspects_are_the_least_self_confident_and_disagreeing():
     probs /= probs.sum(axis=1, keepdims=True)
     got = suspect_indices(y, probs)
     assert set(got.tolist()) == set(flipped)
+
+
+def test_reworded_duplicate_needs_meaning_and_words():
+    recs = [rec("a", "How do I order a new card before it expires?"),
+            rec("b", "Hello! How do I order a new debit card before it expires please"),  # reworded
+            rec("c", "Could you tell me the steps to get a replacement for my expiring card"),
+            rec("d", "Why was my transfer declined yesterday?"),
+            rec("e", "Why did my transfer get declined yesterday?")]
+    # a, b, c mean the same (cosine 0.88-0.93); only b keeps a's words (Jaccard 0.77). d and e:
+    # cosine 0.96, Jaccard 4/7.
+    emb = unit([1, 0.48, 0], [1, 0.2, 0.3], [1, 0.1, -0.2], [0, 0.3, 1], [0, 0, 1])
+    texts = [r.input for r in recs]
+    assert [p[:2] for p in semantic_pairs(emb, 0.95, k=4)] == [(3, 4)]  # cosine alone
+    both = semantic_pairs(emb, 0.95, k=4, texts=texts, min_cosine=0.8, word_overlap=0.7)
+    assert [p[:2] for p in both] == [(0, 1), (3, 4)]  # c: same meaning in other words
+    assert both[0][2] < 0.95  # the pair's cosine, below the bare bar
+    low = semantic_pairs(emb, 0.95, k=4, texts=texts, min_cosine=0.8, word_overlap=0.0)
+    assert [p[:2] for p in low] == [(0, 1), (0, 2), (1, 2), (3, 4)]
+    (f,) = duplicate_findings(recs, 0.7, 128, emb, 0.95, semantic_min_cosine=0.8,
+                              semantic_word_overlap=0.7)
+    assert f.check == "duplicates.semantic" and f.ids == ["a", "b", "d", "e"]
+    assert [c["rule"] for c in f.evidence["clusters"]] == ["cosine+words", "cosine"]
+    assert "word overlap >= 0.7" in f.summary and f.evidence["min_cosine"] == 0.8
+    (g,) = duplicate_findings(recs, 0.7, 128, emb, 0.95)  # no min_cosine: cosine alone
+    assert g.ids == ["d", "e"] and "word overlap" not in g.summary
+
+
+def test_audit_section_of_the_config():
+    cfg = parse_config({"data": {"train": "t.jsonl"}})
+    assert (cfg.audit.semantic_min_cosine, cfg.audit.semantic_word_overlap) == (0.8, 0.7)
+    cfg = parse_config({"data": {"train": "t.jsonl"}, "audit": {"semantic_word_overlap": 0.8}})
+    assert cfg.audit.semantic_word_overlap == 0.8
+    with pytest.raises(TuneloopError, match="semantic_cosine"):
+        parse_config({"data": {"train": "t.jsonl"}, "audit": {"semantic_cosine": 0.8}})

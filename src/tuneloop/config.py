@@ -181,6 +181,19 @@ class RetrainConfig(_Section):
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired tests.")
 
 
+class AuditConfig(_Section):
+    """`tuneloop data audit` thresholds that the command line does not set."""
+
+    semantic_min_cosine: float = Field(
+        0.8, ge=0.0, le=1.0,
+        description="Semantic duplicates: besides MiniLM cosine >= --semantic-threshold (0.95) "
+                    "alone, a pair with at least this cosine whose words also overlap.")
+    semantic_word_overlap: float = Field(
+        0.7, ge=0.0, le=1.0,
+        description="Word-set Jaccard that pair must share: a reworded copy keeps most of its "
+                    "words, two users asking the same thing mostly do not.")
+
+
 class Config(_Section):
     """A tuneloop project: one file, every stage."""
 
@@ -195,6 +208,7 @@ class Config(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     seed: int = 0
 
     def resolve_paths(self, base: Path) -> Config:

@@ -108,16 +108,26 @@ def _near_pairs(texts: tuple[str, ...], threshold: float, num_perm: int,
 
 
 def semantic_pairs(emb: np.ndarray, threshold: float, k: int = 10,
-                   nn: tuple[np.ndarray, np.ndarray] | None = None) -> list[tuple[int, int, float]]:
-    """Pairs with cosine >= threshold among each row's k nearest neighbours (`nn`: knn(emb, k)
-    when the caller already has it)."""
+                   nn: tuple[np.ndarray, np.ndarray] | None = None,
+                   texts: list[str] | None = None, min_cosine: float | None = None,
+                   word_overlap: float = 0.7) -> list[tuple[int, int, float]]:
+    """Pairs among each row's k nearest neighbours (`nn`: knn(emb, k) when the caller already has
+    it) whose cosine is >= threshold, or, given `texts` and `min_cosine`, whose cosine is >=
+    min_cosine and whose word sets have Jaccard >= word_overlap: a reworded copy that keeps most
+    of its words (polite framing, a word swapped) sits well below the bare-cosine bar."""
     sims, idx = nn if nn is not None else knn(emb, k)
+    low = threshold if texts is None or min_cosine is None else min(threshold, min_cosine)
+    bags = [set(words(t)) for t in texts] if texts is not None and low < threshold else None
     out = {}
     for i in range(len(emb)):
         for s, j in zip(sims[i], idx[i], strict=True):
-            if s < threshold:
+            if s < low:
                 break
             a, b = sorted((i, int(j)))
+            if (a, b) in out:
+                continue
+            if s < threshold and jaccard(bags[a], bags[b]) < word_overlap:
+                continue
             out[(a, b)] = round(float(s), 3)
     return [(a, b, s) for (a, b), s in sorted(out.items())]
 
@@ -129,8 +139,12 @@ def _cluster_evidence(recs: list[Record], groups: list[list[int]], limit: int = 
 
 def duplicate_findings(recs: list[Record], near_threshold: float, num_perm: int,
                        emb: np.ndarray | None, semantic_threshold: float,
-                       nn: tuple[np.ndarray, np.ndarray] | None = None) -> list[Finding]:
-    """Exact, near and semantic duplicate clusters; each later check skips what earlier found."""
+                       nn: tuple[np.ndarray, np.ndarray] | None = None,
+                       semantic_min_cosine: float | None = None,
+                       semantic_word_overlap: float = 0.7) -> list[Finding]:
+    """Exact, near and semantic duplicate clusters; each later check skips what earlier found.
+    Semantic: MiniLM cosine >= semantic_threshold, or cosine >= semantic_min_cosine with word-set
+    Jaccard >= semantic_word_overlap (None: cosine alone)."""
     n = len(recs)
     out = []
     exact = clusters(n, exact_pairs([r.input + "\x1f" + r.output for r in recs]))
@@ -151,14 +165,25 @@ def duplicate_findings(recs: list[Record], near_threshold: float, num_perm: int,
     if emb is not None:
         covered = {frozenset(g) for g in exact + near}
         seen = {i for g in exact + near for i in g}
-        sem = [g for g in clusters(n, [(a, b) for a, b, _ in semantic_pairs(
-            emb, semantic_threshold, nn=nn)]) if frozenset(g) not in covered and not set(g) <= seen]
+        pairs = semantic_pairs(emb, semantic_threshold, nn=nn, texts=[r.input for r in recs],
+                               min_cosine=semantic_min_cosine, word_overlap=semantic_word_overlap)
+        sem = [g for g in clusters(n, [(a, b) for a, b, _ in pairs])
+               if frozenset(g) not in covered and not set(g) <= seen]
+        # Which clusters needed the word-overlap rule (some pair below the bare-cosine bar).
+        worded = {i for a, b, s in pairs if s < semantic_threshold for i in (a, b)}
         if sem:
+            evidence = _cluster_evidence(recs, sem)
+            for c, g in zip(evidence, sem, strict=False):
+                c["rule"] = "cosine+words" if worded & set(g) else "cosine"
+            rule = f"cosine >= {semantic_threshold}"
+            if semantic_min_cosine is not None and semantic_min_cosine < semantic_threshold:
+                rule += (f", or cosine >= {semantic_min_cosine} with word overlap >= "
+                         f"{semantic_word_overlap}")
             out.append(Finding(
                 "duplicates.semantic", "info", [recs[i].id for g in sem for i in g],
-                f"{len(sem)} clusters of inputs that say the same thing in other words "
-                f"(cosine >= {semantic_threshold})",
-                {"clusters": _cluster_evidence(recs, sem), "threshold": semantic_threshold}))
+                f"{len(sem)} clusters of inputs that say the same thing in other words ({rule})",
+                {"clusters": evidence, "threshold": semantic_threshold,
+                 "min_cosine": semantic_min_cosine, "word_overlap": semantic_word_overlap}))
     return out
 
 

@@ -22,7 +22,9 @@ class AuditOptions:
     """Thresholds of the checks; the defaults suit 100-10,000 short records."""
 
     near_threshold: float = 0.7  # word 5-gram Jaccard for near duplicates
-    semantic_threshold: float = 0.95  # MiniLM cosine for paraphrase duplicates
+    semantic_threshold: float = 0.95  # MiniLM cosine alone for paraphrase duplicates, or ...
+    semantic_min_cosine: float | None = None  # ... this cosine (None: the config's audit section)
+    semantic_word_overlap: float | None = None  # ... and word-set Jaccard (None: the config's)
     leak_semantic_threshold: float = 0.75  # MiniLM cosine to the nearest eval record ...
     leak_word_overlap: float = 0.6  # ... and word-set Jaccard with it, for a reworded leak
     num_perm: int = 128  # MinHash permutations
@@ -88,8 +90,12 @@ def run_audit(path: str | Path, cfg: Config, against: list[str | Path] = (),
         pb.update(task, advance=1, description="audit: duplicates")
         # One neighbour search serves semantic duplicates (10 nearest) and outliers (5 nearest).
         nn = knn(emb, 10) if emb is not None else None
-        findings += dedup.duplicate_findings(recs, opts.near_threshold, opts.num_perm, emb,
-                                             opts.semantic_threshold, nn)
+        findings += dedup.duplicate_findings(
+            recs, opts.near_threshold, opts.num_perm, emb, opts.semantic_threshold, nn,
+            cfg.audit.semantic_min_cosine if opts.semantic_min_cosine is None
+            else opts.semantic_min_cosine,
+            cfg.audit.semantic_word_overlap if opts.semantic_word_overlap is None
+            else opts.semantic_word_overlap)
         findings += conflicts.conflict_findings(recs, opts.near_threshold, opts.num_perm)
         pb.update(task, advance=1, description="audit: leakage")
         for p, rs in others:
