@@ -2,8 +2,8 @@
 
     python examples/pubmedqa/make_slice.py /path/to/shared/data/pubmedqa
 
-Train: the first 160 questions (file order) of the 500 that are not in the official test
-half. Test: the first 80 questions (file order) of the official test half. Each row holds
+Train: the first 300 questions (file order) of the 500 that are not in the official test
+half. Test: the first 200 questions (file order) of the official test half. Each row holds
 the question plus the abstract (its context passages, cut at 450 characters so a 2-core CPU
 can evaluate it in minutes) as `text`, the full abstract as `source`, and the expert label.
 """
@@ -23,7 +23,7 @@ def row(pmid: str, rec: dict) -> list[str]:
     return [pmid, text, rec["final_decision"], abstract]
 
 
-def main(src: Path, n_train: int = 160, n_test: int = 80) -> None:
+def main(src: Path, n_train: int = 300, n_test: int = 200) -> None:
     data = json.loads((src / "ori_pqal.json").read_text(encoding="utf-8"))
     test_ids = set(json.loads((src / "test_ground_truth.json").read_text(encoding="utf-8")))
     train = [p for p in data if p not in test_ids][:n_train]
