@@ -93,6 +93,26 @@ def test_mcnemar_on_constructed_table():
     assert mcnemar(a, a)["p_value"] == 1.0
 
 
+def test_tiny_p_values_are_not_printed_as_zero():
+    from tuneloop.evaluate.compare import verdict
+
+    # 74 vs 6 discordant pairs (the cuad example): exact p ~ 5e-16, not 0.
+    a = np.array([1] * 74 + [0] * 6 + [1] * 6, dtype=bool)
+    b = np.array([0] * 74 + [1] * 6 + [1] * 6, dtype=bool)
+    p = mcnemar(a, b)["p_value"]
+    assert 0 < p < 1e-12
+    rec = {"a": "finetuned", "b": "zero_shot", "metric": "accuracy", "diff": 0.7,
+           "p_value": p, "test": "mcnemar_exact", "intervals_overlap": False}
+    assert "p=0)" not in verdict(rec) and "p=5.4e-16" in verdict(rec)
+    # A paired-bootstrap p of 0 only bounds p by 1/resamples.
+    x, y = np.ones(50), np.zeros(50)
+    r = paired_bootstrap(mean_stat(x), mean_stat(y), 50, n_boot=500)
+    assert r["p_value"] == 0 and r["resamples"] == 500
+    rec = {"a": "finetuned", "b": "few_shot", "metric": "macro_f1", "diff": 1.0, "p_value": 0.0,
+           "test": "paired_bootstrap", "bootstrap_resamples": 500, "intervals_overlap": False}
+    assert "(p<0.002)" in verdict(rec)
+
+
 def test_paired_bootstrap_sign_and_ci():
     a = np.array([1.0] * 40 + [0.0] * 10)
     b = np.array([1.0] * 20 + [0.0] * 30)

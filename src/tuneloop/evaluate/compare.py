@@ -20,6 +20,7 @@ def compare(task_type: str, a_name: str, a: Scored, b_name: str, b: Scored, n: i
             continue
         rec = {"a": a_name, "b": b_name, "metric": m}
         rec |= paired_bootstrap(a.stats[m], b.stats[m], n, n_boot, seed)
+        rec["bootstrap_resamples"] = rec.pop("resamples")
         if m in ("accuracy", "exact_match") and "correct" in a.per_example \
                 and "correct" in b.per_example:
             mc = mcnemar(a.per_example["correct"], b.per_example["correct"])
@@ -41,9 +42,17 @@ def verdict(rec: dict) -> str:
         return f"{a} vs {b} on {m}: not enough data to compare"
     if p < 0.05:
         better = a if d > 0 else b
-        return (f"{better} is better on {m} by {abs(d):.3f} (p={p:.3g})"
+        return (f"{better} is better on {m} by {abs(d):.3f} ({format_p(rec)})"
                 + ("; the 95% intervals still overlap, so treat the size as rough"
                    if rec["intervals_overlap"] else ""))
-    return (f"no significant difference on {m} ({a} - {b} = {d:+.3f}, p={p:.3g}); small data "
-            "is noisy: the intervals overlap" if rec["intervals_overlap"] else
-            f"no significant difference on {m} ({a} - {b} = {d:+.3f}, p={p:.3g})")
+    return (f"no significant difference on {m} ({a} - {b} = {d:+.3f}, {format_p(rec)}); "
+            "small data is noisy: the intervals overlap" if rec["intervals_overlap"] else
+            f"no significant difference on {m} ({a} - {b} = {d:+.3f}, {format_p(rec)})")
+
+
+def format_p(rec: dict) -> str:
+    """'p=0.012'; a bootstrap p of 0 is only a bound, 'p<0.001' for 1000 resamples."""
+    p = rec["p_value"]
+    if p == 0 and rec.get("test") == "paired_bootstrap" and rec.get("bootstrap_resamples"):
+        return f"p<{1 / rec['bootstrap_resamples']:.2g}"
+    return f"p={p:.3g}"

@@ -59,8 +59,10 @@ def paired_bootstrap(stat_a: Stat, stat_b: Stat, n: int, n_boot: int = 1000,
     lo, hi = np.percentile(diffs, [2.5, 97.5]) if len(diffs) else (np.nan, np.nan)
     # Share of resamples on the other side of zero, doubled: a bootstrap p-value.
     p = 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)) if len(diffs) else np.nan
+    # A resampled p of 0 only says p < 1/resamples; `resamples` lets readers say so.
     return {"diff": _r(stat_a(full) - stat_b(full)), "ci": [_r(lo), _r(hi)],
-            "p_value": _r(min(1.0, float(p))), "test": "paired_bootstrap"}
+            "p_value": _r(min(1.0, float(p))), "test": "paired_bootstrap",
+            "resamples": int(len(diffs))}
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
@@ -72,8 +74,10 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
     n = only_a + only_b
     p = binomtest(only_a, n, 0.5).pvalue if n else 1.0
-    return {"only_a_correct": only_a, "only_b_correct": only_b, "p_value": _r(float(p)),
-            "test": "mcnemar_exact"}
+    # Exact p-values can be tiny (74 vs 6 discordant pairs: ~1e-15); keep 6 significant
+    # figures rather than rounding to 6 decimals, which printed them as p=0.
+    return {"only_a_correct": only_a, "only_b_correct": only_b,
+            "p_value": float(f"{float(p):.6g}"), "test": "mcnemar_exact"}
 
 
 def overlap(ci_a: list[float], ci_b: list[float]) -> bool:
