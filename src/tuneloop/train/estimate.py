@@ -23,7 +23,11 @@ def _batch_shapes(cfg: Config, items: list[Encoded], plan: BatchPlan, steps: int
     for k in range(min(steps, SAMPLE_STEPS) * cfg.train.grad_accum):
         b = micro_batch([items[i] for i in plan.indices(k)], 0, cfg)
         rows, width = b["input_ids"].shape
-        shapes.append({"rows": rows, "width": width, "positions": rows * width,
+        lengths = [len(items[i].input_ids) for i in plan.indices(k)]
+        # Attention span per position: the row width, or for a packed row (attention per
+        # example) the token-weighted example length.
+        span = sum(n * n for n in lengths) / max(1, sum(lengths)) if cfg.train.packing else width
+        shapes.append({"rows": rows, "width": width, "span": span, "positions": rows * width,
                        "tokens": sum(len(items[i].input_ids) for i in plan.indices(k)),
                        "targets": int((b["labels"][:, 1:] != IGNORE).sum())})
     return shapes
@@ -31,7 +35,7 @@ def _batch_shapes(cfg: Config, items: list[Encoded], plan: BatchPlan, steps: int
 
 def _forward_again(sizes: dict[str, int], shape: dict) -> float:
     """Gradient checkpointing recomputes the body's forward once more in the backward pass."""
-    attn = 4 * sizes["layers"] * sizes["attn_width"] * shape["width"]
+    attn = 4 * sizes["layers"] * sizes["attn_width"] * shape["span"]
     return shape["positions"] * (2 * sizes["body"] + attn)
 
 
@@ -61,11 +65,14 @@ def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, pla
     shapes = _batch_shapes(cfg, items, plan, steps)
     fixed = cal["seconds_per_param"] * total
     gc = cfg.train.gradient_checkpointing
-    micro_seconds = [(step_flops(sizes, full, lora, s["positions"], s["width"], s["targets"])
+    micro_seconds = [(step_flops(sizes, full, lora, s["positions"], s["span"], s["targets"])
                       + (_forward_again(sizes, s) if gc else 0)) / rate + fixed for s in shapes]
     step_seconds = sum(micro_seconds) / len(micro_seconds) * cfg.train.grad_accum
     big = max(shapes, key=lambda s: s["positions"])
-    activations = saved_activation_bytes(model, big["rows"], big["width"]) * cal["activation_factor"]
+    # Saved activations grow with tokens; a packed row is counted as examples of its mean span.
+    rows, width = (big["rows"], big["width"]) if not cfg.train.packing else \
+        (big["positions"] / max(1, round(big["span"])), max(1, round(big["span"])))
+    activations = saved_activation_bytes(model, max(1, round(rows)), width) * cal["activation_factor"]
     if gc:  # roughly: one layer's activations at a time plus every layer's saved input
         activations = activations / sizes["layers"] + big["positions"] * sizes["hidden"] * 4 * sizes["layers"]
     half = placement.precision in ("bf16", "fp16")
