@@ -23,7 +23,7 @@ import torch
 from tuneloop.models.load import Placement, tuneloop_home
 from tuneloop.runs import atomic_write_text
 
-VERSION = 5
+VERSION = 6  # 6: residual stream in bf16, fast LoRA dropout (as the loop trains)
 PROBE = {"vocab_size": 8192, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 4,
          "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 1024,
          "tie_word_embeddings": True}
@@ -127,6 +127,7 @@ def probe(device: str, precision: str) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tuneloop.config import MethodConfig
+    from tuneloop.train.dropout import use_fast_lora_dropout
     from tuneloop.train.loss import TargetLoss
     from tuneloop.train.methods import count_parameters, frozen_to_compute_dtype, wrap
 
@@ -138,6 +139,7 @@ def probe(device: str, precision: str) -> dict:
     model = wrap(LlamaForCausalLM(config), MethodConfig()).to(device)
     if device == "cpu":  # as the training loop does
         frozen_to_compute_dtype(model, precision)
+        use_fast_lora_dropout(model)
     model.train()
     loss = TargetLoss(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from tuneloop.models.tokens import IGNORE
 
-CHUNK_ROWS = 1024  # rows x 49k vocab x 4 bytes = 200 MB per chunk at most
+CHUNK_ROWS = 256  # rows x 49k vocab x 4 bytes = 50 MB per chunk at most
 
 
 class _FusedLinearCE(torch.autograd.Function):
