@@ -114,8 +114,9 @@ class TrainConfig(_Section):
     loss_on: Literal["assistant", "all"] = Field(
         "assistant", description="assistant: loss on assistant tokens only (prompt masked).")
     packing: bool = Field(
-        False, description="Pack each micro-batch's examples into rows of up to model.max_seq_len "
-                           "tokens; position_ids restart per example, so attention stays isolated.")
+        False, description="Lay each micro-batch's examples end to end in one row (no padding); "
+                           "position_ids restart and attention runs per example, so nothing leaks "
+                           "between examples.")
     group_by_length: bool = Field(
         False, description="Without packing: batch examples of similar length (less padding).")
     gradient_checkpointing: bool = Field(
