@@ -128,6 +128,7 @@ def probe(device: str, precision: str) -> dict:
 
     from tuneloop.config import MethodConfig
     from tuneloop.train.dropout import use_fast_lora_dropout
+    from tuneloop.train.loop import release_freed_memory
     from tuneloop.train.loss import TargetLoss
     from tuneloop.train.methods import count_parameters, frozen_to_compute_dtype, wrap
 
@@ -161,6 +162,8 @@ def probe(device: str, precision: str) -> dict:
             (s / n).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if device == "cpu":
+                release_freed_memory()
             if device == "cuda":
                 torch.cuda.synchronize()
             if i:  # the first step allocates and warms up

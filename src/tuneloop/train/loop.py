@@ -188,7 +188,7 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if placement.device == "cpu":
-                _release_freed_memory()
+                release_freed_memory()
             state.step += 1
             in_step = False
             state.tokens += tokens * acc.num_processes
@@ -269,7 +269,7 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
     return run, summary
 
 
-def _release_freed_memory() -> None:
+def release_freed_memory() -> None:
     """Hand the step's freed activation memory back to the OS (glibc's malloc_trim).
 
     glibc keeps freed blocks for reuse, and a step's activations of ever-changing sizes (packed
