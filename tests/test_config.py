@@ -60,4 +60,4 @@ def test_schema_lists_every_section():
     schema = json.loads(json_schema())
     assert set(schema["properties"]) == {"data", "task", "model", "method", "train", "eval",
                                          "output", "registry", "serve", "monitor",
-                                         "retrain", "seed"}
+                                         "retrain", "seed", "audit"}
