@@ -1,6 +1,7 @@
 """Training throughput: tuneloop vs TRL SFTTrainer + peft, same model, data, LoRA and examples.
 
-Usage:  .venv/bin/python benchmarks/train_throughput.py [--steps 8] [--reps 2]   (--steps 0: all 512)
+Usage:  .venv/bin/python benchmarks/train_throughput.py [--steps 8] [--reps 2] [--micro-batch 2]
+        (--steps 0: all 512 examples)
 
 Data: PubMedQA (../shared/data/pubmedqa, MIT): user = question + first abstract passage,
 assistant = the abstract's conclusion; 512 training and 24 validation examples of varied length
@@ -9,9 +10,12 @@ assistant = the abstract's conclusion; 512 training and 24 validation examples o
 peak RSS is per run and a run cannot warm the next. Runs alternate tuneloop, TRL, tuneloop, TRL,
 ... so load from other work on a shared machine hits both alike.
 
-Both take optimizer steps of 8 examples. tuneloop runs them as 4 micro-batches of 2 with
-gradient accumulation (its loss is token-weighted over the whole step, so the update is the
-one a batch of 8 gives): a quarter of the activation memory, at the same measured speed. Peak RSS is read when training
+Both take optimizer steps of 8 examples. tuneloop runs them as micro-batches of
+`--micro-batch` examples with gradient accumulation (its loss is token-weighted over the whole
+step, so the update is the one a batch of 8 gives). That is a speed/memory dial: each
+micro-batch pays a fixed ~0.9 s here (fitted from 2- and 8-example micro-batches: the
+per-op cost of thousands of small kernels in 30 LoRA layers), so 8 runs fastest, while 2
+holds a quarter of the activations. Peak RSS is read when training
 ends, before the validation loss (which reloads the saved model) in both workers.
 
 Both compute in the precision tuneloop's placement picks (`model.dtype: auto`): bf16 autocast
@@ -203,13 +207,14 @@ def run_trl(train: list[dict], val: list[dict], workdir: Path) -> dict:
             "flops": flops_per_run(model, seen["tokens"], seen["targets"]), "peak_rss_gb": rss}
 
 
-def worker(kind: str, steps: int) -> None:
+def worker(kind: str, steps: int, micro: int) -> None:
     """Run one trainer in this process and print its figures as JSON."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     train, val = examples()
     if steps:
         train = train[:steps * HP["batch_size"]]
     with tempfile.TemporaryDirectory() as d:
+        HP["micro_batch"] = micro
         res = (run_tuneloop if kind == "tuneloop" else run_trl)(train, val, Path(d))
     print("RESULT " + json.dumps(res), flush=True)
 
@@ -218,17 +223,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps per run (0: all 512 examples)")
     ap.add_argument("--reps", type=int, default=2, help="runs per trainer, alternating")
+    ap.add_argument("--micro-batch", type=int, default=2, choices=[1, 2, 4, 8],
+                    help="tuneloop's examples per micro-batch (steps stay 8 examples)")
     ap.add_argument("--worker", choices=["tuneloop", "trl"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        return worker(a.worker, a.steps)
+        return worker(a.worker, a.steps, a.micro_batch)
     peaks = peak_flops()
     print(f"matmul peak here: fp32 {peaks['fp32']:.3f} TFLOP/s, bf16 {peaks['bf16']:.4f} TFLOP/s "
           f"({os.cpu_count()} CPUs visible)", flush=True)
     runs: dict[str, list[dict]] = {"tuneloop": [], "trl": []}
     for rep in range(a.reps):
         for kind in ("tuneloop", "trl"):
-            out = subprocess.run([sys.executable, __file__, "--worker", kind, "--steps", str(a.steps)],
+            out = subprocess.run([sys.executable, __file__, "--worker", kind, "--steps", str(a.steps),
+                                  "--micro-batch", str(a.micro_batch)],
                                  capture_output=True, text=True)
             line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
             if out.returncode or not line:
