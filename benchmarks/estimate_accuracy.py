@@ -77,7 +77,9 @@ def main() -> None:
     from tuneloop.train.estimate import dry_run
 
     if a.recalibrate:  # on a shared machine the load changes: calibrate under today's load
-        cal = calibration(choose_placement(), refresh=True)
+        from tuneloop.models.load import resolve_model
+
+        cal = calibration(choose_placement(), refresh=True, model_path=resolve_model(MODEL))
         print(f"calibrated: {cal['flops_per_s'] / 1e9:.1f} GFLOP/s, "
               f"{cal['seconds_per_param'] * 1e9:.1f} s per 1e9 params per step, "
               f"activation factor {cal['activation_factor']:.2f}", flush=True)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tuneloop.config import MethodConfig, load_config
-from tuneloop.models.load import choose_placement
+from tuneloop.models.load import choose_placement, resolve_model
 from tuneloop.train import calibrate
 from tuneloop.train.estimate import dry_run
 
@@ -36,8 +36,9 @@ def test_dry_run_predicts_from_a_cached_calibration(tiny_project, tmp_path, monk
     placement = choose_placement()
     cal = {"base_rss": 4e8, "flops_per_s": 1e10, "seconds_per_param": 1e-8, "activation_factor": 1.2}
     (tmp_path / "home").mkdir()
+    model_path = resolve_model(load_config(tiny_project).model.name)
     (tmp_path / "home" / "calibration.json").write_text(
-        json.dumps({calibrate.machine_key(placement): cal}))
+        json.dumps({calibrate.calibration_key(placement, model_path): cal}))
     est = dry_run(load_config(tiny_project))["estimate"]
     assert est["calibration"]["cached"] is True
     assert est["predicted_step_seconds"] > 0 and est["estimated_train_minutes"] > 0

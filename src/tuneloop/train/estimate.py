@@ -60,7 +60,7 @@ def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, pla
     trainable, total = count_parameters(model)
     full = cfg.method.name == "full"
     lora = 0 if full else trainable
-    cal = calibration(placement)
+    cal = calibration(placement, model_path=model_path)
     rate = cal["flops_per_s"]
     shapes = _batch_shapes(cfg, items, plan, steps)
     fixed = cal["seconds_per_param"] * total
