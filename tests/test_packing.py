@@ -30,7 +30,7 @@ def test_packed_and_unpacked_give_the_same_per_example_loss(tiny_model):
     items = _items(model.config.vocab_size, [11, 30, 7, 19, 24, 5])
     loss = TargetLoss(model)
     alone = torch.cat([loss.per_token(model, collate([e], 0)) for e in items])
-    packed = collate_packed(items, 0)
+    packed = collate_packed(items)
     assert packed["input_ids"].shape == (1, sum(len(e.input_ids) for e in items))
     # Both ways of isolating the examples agree with running each alone: the model's own sdpa
     # (a block-diagonal mask built from the restarting position_ids) and packed_sdpa (one
@@ -70,14 +70,14 @@ def test_packed_training_gradients_match_unpacked(tiny_model):
             loss(model, b)[0].backward()
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
 
-    assert torch.allclose(grads([collate_packed(items, 0)]), grads([collate([e], 0) for e in items]),
+    assert torch.allclose(grads([collate_packed(items)]), grads([collate([e], 0) for e in items]),
                           atol=1e-5)
 
 
 def test_packing_leaves_no_padding():
     items = _items(50, [10, 60, 12, 55, 8, 40, 30, 25])
     padded = collate(items, 0)
-    packed = collate_packed(items, 0)
+    packed = collate_packed(items)
     real = sum(len(e.input_ids) for e in items)
     assert packed["input_ids"].numel() == real < padded["input_ids"].numel()
     assert int((packed["labels"] != IGNORE).sum()) == sum(e.n_targets for e in items)

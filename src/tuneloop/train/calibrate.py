@@ -131,10 +131,9 @@ def probe(device: str, precision: str, model_path: str | None = None) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
     from tuneloop.config import MethodConfig
-    from tuneloop.train.dropout import use_fast_lora_dropout
-    from tuneloop.train.loop import release_freed_memory
+    from tuneloop.train.cpu import prepare_cpu_model, release_freed_memory
     from tuneloop.train.loss import TargetLoss
-    from tuneloop.train.methods import count_parameters, frozen_to_compute_dtype, wrap
+    from tuneloop.train.methods import count_parameters, wrap
 
     base_rss = _rss()
     config = AutoConfig.from_pretrained(model_path) if model_path else LlamaConfig(**PROBE)
@@ -143,8 +142,7 @@ def probe(device: str, precision: str, model_path: str | None = None) -> dict:
     torch.manual_seed(0)
     model = wrap(AutoModelForCausalLM.from_config(config), MethodConfig()).to(device)
     if device == "cpu":  # as the training loop does
-        frozen_to_compute_dtype(model, precision)
-        use_fast_lora_dropout(model)
+        prepare_cpu_model(model, precision)
     model.train()
     loss = TargetLoss(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)

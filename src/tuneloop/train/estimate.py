@@ -21,15 +21,15 @@ def _batch_shapes(cfg: Config, items: list[Encoded], plan: BatchPlan, steps: int
 
     shapes = []
     for k in range(min(steps, SAMPLE_STEPS) * cfg.train.grad_accum):
-        b = micro_batch([items[i] for i in plan.indices(k)], 0, cfg)
+        chosen = [items[i] for i in plan.indices(k)]
+        b = micro_batch(chosen, 0, cfg)
         rows, width = b["input_ids"].shape
-        lengths = [len(items[i].input_ids) for i in plan.indices(k)]
+        lengths = [len(e.input_ids) for e in chosen]
         # Attention span per position: the row width, or for a packed row (attention per
         # example) the token-weighted example length.
         span = sum(n * n for n in lengths) / max(1, sum(lengths)) if cfg.train.packing else width
         shapes.append({"rows": rows, "width": width, "span": span, "positions": rows * width,
-                       "tokens": sum(len(items[i].input_ids) for i in plan.indices(k)),
-                       "targets": int((b["labels"][:, 1:] != IGNORE).sum())})
+                       "tokens": sum(lengths), "targets": int((b["labels"][:, 1:] != IGNORE).sum())})
     return shapes
 
 
@@ -69,10 +69,11 @@ def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, pla
                       + (_forward_again(sizes, s) if gc else 0)) / rate + fixed for s in shapes]
     step_seconds = sum(micro_seconds) / len(micro_seconds) * cfg.train.grad_accum
     big = max(shapes, key=lambda s: s["positions"])
-    # Saved activations grow with tokens; a packed row is counted as examples of its mean span.
-    rows, width = (big["rows"], big["width"]) if not cfg.train.packing else \
-        (big["positions"] / max(1, round(big["span"])), max(1, round(big["span"])))
-    activations = saved_activation_bytes(model, max(1, round(rows)), width) * cal["activation_factor"]
+    rows, width = big["rows"], big["width"]
+    if cfg.train.packing:  # saved activations grow with tokens: count rows of the mean span
+        width = max(1, round(big["span"]))
+        rows = max(1, round(big["positions"] / width))
+    activations = saved_activation_bytes(model, rows, width) * cal["activation_factor"]
     if gc:  # roughly: one layer's activations at a time plus every layer's saved input
         activations = activations / sizes["layers"] + big["positions"] * sizes["hidden"] * 4 * sizes["layers"]
     half = placement.precision in ("bf16", "fp16")

@@ -24,9 +24,9 @@ from tuneloop.models.tokens import IGNORE, Encoded, encode_all, ensure_template
 from tuneloop.runs import environment, new_run_dir, write_json
 from tuneloop.train import checkpoint
 from tuneloop.train.batches import BatchPlan, collate, eval_batches
-from tuneloop.train.dropout import use_fast_lora_dropout
+from tuneloop.train.cpu import prepare_cpu_model, release_freed_memory
 from tuneloop.train.loss import TargetLoss
-from tuneloop.train.methods import count_parameters, frozen_to_compute_dtype, load_base, wrap
+from tuneloop.train.methods import count_parameters, load_base, wrap
 from tuneloop.train.packing import collate_packed, use_packed_attention
 
 
@@ -54,7 +54,7 @@ def total_steps(cfg: Config, plan: BatchPlan) -> int:
 def micro_batch(items: list[Encoded], pad_id: int, cfg: Config) -> dict[str, torch.Tensor]:
     """One micro-batch: packed rows (train.packing) or right-padded rows."""
     if cfg.train.packing:
-        return collate_packed(items, pad_id)
+        return collate_packed(items)
     return collate(items, pad_id)
 
 
@@ -103,9 +103,8 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
         # Otherwise the model's own attention isolates the examples through a block-diagonal
         # mask it builds from the restarting position_ids: the same numbers, more compute.
         use_packed_attention(model, cfg.model.max_seq_len)
-    if placement.device == "cpu":  # CUDA already loads the base in bf16, and has fast dropout
-        frozen_to_compute_dtype(model, placement.precision)
-        use_fast_lora_dropout(model)
+    if placement.device == "cpu":
+        prepare_cpu_model(model, placement.precision)
     if cfg.train.gradient_checkpointing:
         # Non-reentrant: works with frozen inputs (LoRA) and restores the RNG for dropout.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -267,30 +266,6 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
     # ---- cleanup ---------------------------------------------------------------------------
     acc.end_training()
     return run, summary
-
-
-def release_freed_memory() -> None:
-    """Hand the step's freed activation memory back to the OS (glibc's malloc_trim).
-
-    glibc keeps freed blocks for reuse, and a step's activations of ever-changing sizes (packed
-    rows differ every step) fragment its heap, so the process's RSS kept growing for many steps
-    above the live peak: 4.3 GB where the step needed about 2.5. Trimming after each optimizer
-    step keeps RSS near the step's own peak, measured at about 0.2 s per call (~3% of a step).
-    """
-    global _malloc_trim
-    if _malloc_trim is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
 
 
 class _Logger:

@@ -22,9 +22,8 @@ from tuneloop.models.tokens import IGNORE, Encoded
 ATTENTION = "tuneloop_packed_sdpa"
 
 
-def collate_packed(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_packed(items: list[Encoded]) -> dict[str, torch.Tensor]:
     """One row holding every example, with per-example position_ids, labels and boundaries."""
-    del pad_id  # a packed row has no padding; kept so packed and padded collates swap freely
     ids, labels, pos, bounds = [], [], [], [0]
     for e in items:
         n = len(e.input_ids)
