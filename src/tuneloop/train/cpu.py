@@ -1,8 +1,11 @@
 """What CPU training does differently, in one place for the loop and the calibration probe.
 
-CUDA loads the frozen base in bf16 already and has fused dropout; on CPU the frozen weights are
-cast to the compute dtype and the LoRA dropout is swapped for a cheaper one after the model is
-built, and freed memory is handed back to the OS after each optimizer step.
+CUDA loads the frozen base in bf16 already, and its fused kernels make small ops cheap. On CPU,
+after the model is built: frozen weights are cast to the compute dtype, each LoRA projection
+becomes one autograd node with a cheaper dropout mask (train/fused_lora.py, train/dropout.py),
+and RMSNorm and SwiGLU keep less for the backward (train/lean_layers.py); packed attention has
+its own backward too (train/packed_attention.py). Freed memory is handed back to the OS after
+each optimizer step.
 """
 
 from __future__ import annotations
@@ -10,13 +13,17 @@ from __future__ import annotations
 import functools
 
 from tuneloop.train.dropout import use_fast_lora_dropout
+from tuneloop.train.fused_lora import use_fused_lora
+from tuneloop.train.lean_layers import use_lean_layers
 from tuneloop.train.methods import frozen_to_compute_dtype
 
 
 def prepare_cpu_model(model, precision: str) -> None:
-    """Frozen weights in the compute dtype (bf16 residual stream), cheaper LoRA dropout."""
+    """Frozen weights in the compute dtype (bf16 residual stream), fused LoRA layers, cheaper dropout."""
     frozen_to_compute_dtype(model, precision)
     use_fast_lora_dropout(model)
+    use_fused_lora(model)
+    use_lean_layers(model)
 
 
 @functools.cache

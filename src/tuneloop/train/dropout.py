@@ -15,9 +15,36 @@ CUDA keeps torch's own fused dropout, which is already cheap there.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-_LEVELS = 1 << 16
+LEVELS = 1 << 16
+
+
+def drop_levels(p: float) -> int:
+    """p as a count of the 65536 levels of a 16-bit uniform (the rounding the masks use)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    return round(p * LEVELS)
+
+
+def _uniform16(shape, device) -> torch.Tensor:
+    """int16 uniforms over all 65536 values, four from each 64-bit draw."""
+    n = math.prod(shape)
+    draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
+    draws.random_(-(1 << 63), (1 << 63) - 1)  # all 64 bits random; plain random_() leaves the top one 0
+    return draws.view(torch.int16)[:n].view(shape)
+
+
+def keep_mask(shape, levels: int, device=None) -> torch.Tensor:
+    """Boolean mask, each element False (dropped) with probability levels/65536."""
+    return _uniform16(shape, device) >= levels - LEVELS // 2
+
+
+def drop_mask(shape, levels: int, device=None) -> torch.Tensor:
+    """The complement of keep_mask for the same draws: True (dropped) with probability levels/65536."""
+    return _uniform16(shape, device) < levels - LEVELS // 2
 
 
 class FastDropout(torch.nn.Module):
@@ -25,10 +52,8 @@ class FastDropout(torch.nn.Module):
 
     def __init__(self, p: float):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        self.drop_levels = round(p * _LEVELS)
-        self.p = self.drop_levels / _LEVELS
+        self.drop_levels = drop_levels(p)
+        self.p = self.drop_levels / LEVELS
         self.scale = 1.0 / (1.0 - self.p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,11 +62,7 @@ class FastDropout(torch.nn.Module):
         kind = x.device.type
         if torch.is_autocast_enabled(kind) and x.is_floating_point():
             x = x.to(torch.get_autocast_dtype(kind))
-        n = x.numel()
-        draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
-        draws.random_(-(1 << 63), (1 << 63) - 1)  # all 64 bits random; plain random_() leaves the top one 0
-        keep = draws.view(torch.int16)[:n].view(x.shape) >= self.drop_levels - _LEVELS // 2
-        return torch.where(keep, x, 0.0) * self.scale
+        return torch.where(keep_mask(x.shape, self.drop_levels, x.device), x, 0.0) * self.scale
 
     def extra_repr(self) -> str:
         return f"p={self.p:.7f}"

@@ -18,6 +18,7 @@ import itertools
 import torch
 
 from tuneloop.models.tokens import IGNORE, Encoded
+from tuneloop.train.packed_attention import packed_causal_attention
 
 ATTENTION = "tuneloop_packed_sdpa"
 
@@ -51,6 +52,8 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     b = bounds.tolist()
+    if query.device.type == "cpu" and not dropout:
+        return packed_causal_attention(query, key, value, b, scaling), None
     out = [sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None,
                                   dropout=dropout, scaling=scaling, is_causal=True)[0]
            for s, e in itertools.pairwise(b) if e > s]

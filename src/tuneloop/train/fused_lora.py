@@ -1,0 +1,92 @@
+"""One autograd node per LoRA projection for CPU training, instead of about ten.
+
+peft computes `base(x) + lora_B(lora_A(dropout(x))) * scaling` as separate modules: on a bf16
+residual stream it first copies x to fp32 (the adapter weights' dtype), autocast copies it back,
+dropout draws a mask and writes a scaled copy, and each of those steps is an autograd node that
+keeps its own input. A LoRA step on all linear layers of a 30-layer model runs that 210 times
+forward and again backward, and profiled on the bundled model the copies, masks and small
+element-wise kernels around the adapters were a sixth of the step.
+
+`LoraLinear` does the same arithmetic in one node: the base matmul, a drop mask, the rank-r
+product, and the update added in place (the 1/(1-p) dropout scale folded into the rank-r
+scaling, where it costs r instead of in_features per token). It keeps only x (which q, k and
+v, or gate and up, share), the boolean drop mask and the rank-r product, so saved activations
+shrink too. Adapter weights stay fp32 masters and are used in the compute dtype, as autocast
+would; their gradients come back in fp32. The masks are FastDropout's (train/dropout.py), from
+the same seeded generator.
+
+Only plain single-adapter LoRA on `nn.Linear` in training takes this path; evaluation,
+generation, DoRA, merged or disabled adapters and mixed-adapter batches run peft's own forward.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+from tuneloop.train.dropout import LEVELS, drop_levels, drop_mask
+
+
+class LoraLinear(torch.autograd.Function):
+    """y = x W^T + b + alpha * (dropped(x) A^T) B^T, with alpha = scaling / (1 - p)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, alpha: float, levels: int):
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+        w, a, b = weight.to(dtype), lora_a.to(dtype), lora_b.to(dtype)
+        out = torch.nn.functional.linear(x2, w, None if bias is None else bias.to(dtype))
+        drop = drop_mask(x2.shape, levels, x.device) if levels else None
+        xd = x2 if drop is None else x2.masked_fill(drop, 0)
+        h = xd @ a.t()
+        out.addmm_(h, b.t(), alpha=alpha)
+        ctx.save_for_backward(x2, w, a, b, h, drop)
+        ctx.alpha, ctx.in_shape, ctx.in_dtype = alpha, x.shape, x.dtype
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x2, w, a, b, h, drop = ctx.saved_tensors
+        g = grad_out.reshape(-1, grad_out.shape[-1]).to(x2.dtype)
+        gh = (g @ b).mul_(ctx.alpha)  # gradient at the rank-r product h
+        grad_b = torch.mm(g.t(), h).mul_(ctx.alpha)
+        xd = x2 if drop is None else x2.masked_fill(drop, 0)
+        grad_a = torch.mm(gh.t(), xd)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            lora_part = gh @ a
+            if drop is not None:
+                lora_part.masked_fill_(drop, 0)
+            grad_x = torch.addmm(lora_part, g, w)
+            grad_x = grad_x.view(ctx.in_shape).to(ctx.in_dtype)
+        return grad_x, None, None, grad_a.float(), grad_b.float(), None, None
+
+
+def _fused_forward(self, x, *args, **kwargs):
+    """peft lora.Linear.forward, through LoraLinear when the layer allows it."""
+    adapters = self.active_adapters
+    if (args or kwargs or not self.training or not torch.is_grad_enabled() or x.device.type != "cpu"
+            or self.merged or self.disable_adapters or len(adapters) != 1):
+        return type(self).forward(self, x, *args, **kwargs)
+    name = adapters[0]
+    if name not in self.lora_A or name in self.lora_variant or self.lora_B[name].bias is not None:
+        return type(self).forward(self, x, *args, **kwargs)
+    base = self.base_layer
+    levels = drop_levels(getattr(self.lora_dropout[name], "p", 0.0))
+    alpha = self.scaling[name] / (1.0 - levels / LEVELS)
+    return LoraLinear.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
+                            alpha, levels)
+
+
+def use_fused_lora(model) -> int:
+    """Route every plain LoRA nn.Linear of `model` through LoraLinear in training; returns how many."""
+    from peft.tuners.lora.layer import Linear as PeftLoraLinear
+
+    fused = 0
+    for module in model.modules():
+        if (isinstance(module, PeftLoraLinear) and isinstance(module.base_layer, torch.nn.Linear)
+                and not module.fan_in_fan_out and not module.base_layer.weight.requires_grad):
+            module.forward = types.MethodType(_fused_forward, module)
+            fused += 1
+    return fused
