@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tuneloop.config import MethodConfig
-from tuneloop.train.dropout import FastDropout, use_fast_lora_dropout
+from tuneloop.train.dropout import FastDropout, keep_mask, use_fast_lora_dropout
 from tuneloop.train.methods import wrap
 
 
@@ -52,3 +52,13 @@ def test_swaps_every_lora_dropout(tiny_model):
     assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
     none = wrap(AutoModelForCausalLM.from_pretrained(tiny_model), MethodConfig(dropout=0.0))
     assert use_fast_lora_dropout(none) == 0
+
+
+@pytest.mark.parametrize("levels", [1, 3277, 65535])
+def test_keep_mask_is_zero_one_at_the_exact_rate(levels):
+    torch.manual_seed(0)
+    keep = keep_mask((512, 1024), levels, torch.bfloat16)
+    assert keep.dtype == torch.bfloat16 and set(keep.unique().tolist()) <= {0, 1}
+    p = levels / 65536
+    dropped = 1 - keep.float().mean().item()
+    assert abs(dropped - p) < 5 * (p * (1 - p) / keep.numel()) ** 0.5 + 1e-6  # within 5 standard errors

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tuneloop.config import MethodConfig
-from tuneloop.train.dropout import drop_mask, keep_mask, use_fast_lora_dropout
+from tuneloop.train.dropout import use_fast_lora_dropout
 from tuneloop.train.fused_lora import use_fused_lora
 from tuneloop.train.methods import wrap
 
@@ -68,10 +68,3 @@ def test_eval_and_no_grad_use_peft_forward(tiny_model):
     ids = torch.randint(3, peft.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.equal(peft.eval()(input_ids=ids).logits, fused.eval()(input_ids=ids).logits)
-
-
-def test_drop_mask_is_the_complement_of_keep_mask():
-    torch.manual_seed(3)
-    keep = keep_mask((50, 70), 9000)
-    torch.manual_seed(3)
-    assert torch.equal(drop_mask((50, 70), 9000), ~keep)

@@ -37,14 +37,18 @@ def _uniform16(shape, device) -> torch.Tensor:
     return draws.view(torch.int16)[:n].view(shape)
 
 
-def keep_mask(shape, levels: int, device=None) -> torch.Tensor:
-    """Boolean mask, each element False (dropped) with probability levels/65536."""
-    return _uniform16(shape, device) >= levels - LEVELS // 2
+def keep_mask(shape, levels: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """0/1 mask in `dtype`, each element 0 (dropped) with probability levels/65536.
 
-
-def drop_mask(shape, levels: int, device=None) -> torch.Tensor:
-    """The complement of keep_mask for the same draws: True (dropped) with probability levels/65536."""
-    return _uniform16(shape, device) < levels - LEVELS // 2
+    Made by clamping the uniforms to two values, not by comparing: on CPU torch's bool kernels
+    are not vectorised, so a bool mask costs about three times as much to make and to apply.
+    Measured on a 1279x576 bf16 activation: 0.07 ms to build, 0.07 ms to multiply by a bf16
+    mask; 0.20 ms for `>=` and 0.39 ms for `masked_fill` with a bool one. The mask comes in
+    the dtype it will multiply, since a mixed-dtype product converts the mask on every use.
+    """
+    threshold = levels - LEVELS // 2  # an int16 uniform u is kept when u >= threshold
+    u = _uniform16(shape, device)
+    return u.clamp_(threshold - 1, threshold).sub_(threshold - 1).to(dtype)
 
 
 class FastDropout(torch.nn.Module):
@@ -62,7 +66,7 @@ class FastDropout(torch.nn.Module):
         kind = x.device.type
         if torch.is_autocast_enabled(kind) and x.is_floating_point():
             x = x.to(torch.get_autocast_dtype(kind))
-        return torch.where(keep_mask(x.shape, self.drop_levels, x.device), x, 0.0) * self.scale
+        return x * keep_mask(x.shape, self.drop_levels, x.dtype, x.device) * self.scale
 
     def extra_repr(self) -> str:
         return f"p={self.p:.7f}"

@@ -7,10 +7,10 @@ keeps its own input. A LoRA step on all linear layers of a 30-layer model runs t
 forward and again backward, and profiled on the bundled model the copies, masks and small
 element-wise kernels around the adapters were a sixth of the step.
 
-`LoraLinear` does the same arithmetic in one node: the base matmul, a drop mask, the rank-r
+`LoraLinear` does the same arithmetic in one node: the base matmul, a keep mask, the rank-r
 product, and the update added in place (the 1/(1-p) dropout scale folded into the rank-r
 scaling, where it costs r instead of in_features per token). It keeps only x (which q, k and
-v, or gate and up, share), the boolean drop mask and the rank-r product, so saved activations
+v, or gate and up, share), the keep mask and the rank-r product, so saved activations
 shrink too. Adapter weights stay fp32 masters and are used in the compute dtype, as autocast
 would; their gradients come back in fp32. The masks are FastDropout's (train/dropout.py), from
 the same seeded generator.
@@ -25,7 +25,7 @@ import types
 
 import torch
 
-from tuneloop.train.dropout import LEVELS, drop_levels, drop_mask
+from tuneloop.train.dropout import LEVELS, drop_levels, keep_mask
 
 
 class LoraLinear(torch.autograd.Function):
@@ -37,28 +37,29 @@ class LoraLinear(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
         w, a, b = weight.to(dtype), lora_a.to(dtype), lora_b.to(dtype)
         out = torch.nn.functional.linear(x2, w, None if bias is None else bias.to(dtype))
-        drop = drop_mask(x2.shape, levels, x.device) if levels else None
-        xd = x2 if drop is None else x2.masked_fill(drop, 0)
+        keep = keep_mask(x2.shape, levels, dtype, x.device) if levels else None
+        xd = x2 if keep is None else x2 * keep
         h = xd @ a.t()
         out.addmm_(h, b.t(), alpha=alpha)
-        ctx.save_for_backward(x2, w, a, b, h, drop)
+        ctx.save_for_backward(x2, w, a, b, h, keep)
         ctx.alpha, ctx.in_shape, ctx.in_dtype = alpha, x.shape, x.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
-        x2, w, a, b, h, drop = ctx.saved_tensors
+        x2, w, a, b, h, keep = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1]).to(x2.dtype)
         gh = (g @ b).mul_(ctx.alpha)  # gradient at the rank-r product h
         grad_b = torch.mm(g.t(), h).mul_(ctx.alpha)
-        xd = x2 if drop is None else x2.masked_fill(drop, 0)
+        xd = x2 if keep is None else x2 * keep
         grad_a = torch.mm(gh.t(), xd)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            lora_part = gh @ a
-            if drop is not None:
-                lora_part.masked_fill_(drop, 0)
-            grad_x = torch.addmm(lora_part, g, w)
+            grad_x = torch.mm(g, w)
+            if keep is None:
+                grad_x.addmm_(gh, a)
+            else:
+                grad_x.addcmul_(gh @ a, keep)  # the adapter's share, where the input was kept
             grad_x = grad_x.view(ctx.in_shape).to(ctx.in_dtype)
         return grad_x, None, None, grad_a.float(), grad_b.float(), None, None
 
