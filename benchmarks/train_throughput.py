@@ -1,6 +1,6 @@
 """Training throughput: tuneloop vs TRL SFTTrainer + peft, same model, data, LoRA and examples.
 
-Usage:  .venv/bin/python benchmarks/train_throughput.py [--steps 8] [--reps 2] [--micro-batch 2]
+Usage:  .venv/bin/python benchmarks/train_throughput.py [--steps 8] [--reps 2] [--micro-batch 4]
         (--steps 0: all 512 examples)
 
 Data: PubMedQA (../shared/data/pubmedqa, MIT): user = question + first abstract passage,
@@ -13,10 +13,13 @@ peak RSS is per run and a run cannot warm the next. Runs alternate tuneloop, TRL
 Both take optimizer steps of 8 examples. tuneloop runs them as micro-batches of
 `--micro-batch` examples with gradient accumulation (its loss is token-weighted over the whole
 step, so the update is the one a batch of 8 gives). That is a speed/memory dial: each
-micro-batch pays a fixed ~0.9 s here (fitted from 2- and 8-example micro-batches: the
-per-op cost of thousands of small kernels in 30 LoRA layers), so 8 runs fastest, while 2
-holds a quarter of the activations. Peak RSS is read when training
-ends, before the validation loss (which reloads the saved model) in both workers.
+micro-batch pays a fixed cost (thousands of small kernels, each waking the OpenMP threads), so
+larger ones run faster while smaller ones hold fewer activations; 4 is the default here. Peak
+RSS is read when training ends, before the validation loss (which reloads the saved model) in
+both workers.
+
+OpenMP settings come from the environment and apply to both workers alike (tuneloop's default
+is OMP_WAIT_POLICY=PASSIVE; pass it explicitly, as the docs do, so TRL's worker gets it too).
 
 Both compute in the precision tuneloop's placement picks (`model.dtype: auto`): bf16 autocast
 where the CPU has AMX/avx512_bf16 (TRL's default `bf16=True`), else fp32 (TRL's bf16 would be
@@ -223,7 +226,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps per run (0: all 512 examples)")
     ap.add_argument("--reps", type=int, default=2, help="runs per trainer, alternating")
-    ap.add_argument("--micro-batch", type=int, default=2, choices=[1, 2, 4, 8],
+    ap.add_argument("--micro-batch", type=int, default=4, choices=[1, 2, 4, 8],
                     help="tuneloop's examples per micro-batch (steps stay 8 examples)")
     ap.add_argument("--worker", choices=["tuneloop", "trl"], help=argparse.SUPPRESS)
     a = ap.parse_args()
