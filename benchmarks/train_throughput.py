@@ -50,7 +50,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pubmedq
 MODEL = "smollm2-135m-instruct"
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 HP = {"learning_rate": 2e-4, "warmup_ratio": 0.0,  # the two round a warm-up ratio differently
-      "max_grad_norm": 1.0, "batch_size": 8, "micro_batch": 2,
+      "max_grad_norm": 1.0, "batch_size": 8, "micro_batch": 4,
       "max_seq_len": 512}
 
 

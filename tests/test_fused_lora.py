@@ -68,3 +68,19 @@ def test_eval_and_no_grad_use_peft_forward(tiny_model):
     ids = torch.randint(3, peft.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.equal(peft.eval()(input_ids=ids).logits, fused.eval()(input_ids=ids).logits)
+
+
+def test_dora_keeps_peft_forward(tiny_model):
+    """DoRA rescales by the weight norm; its layers are left to peft, so training matches peft."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    dora = wrap(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                MethodConfig(name="dora", dropout=0.0))
+    fused = copy.deepcopy(dora)
+    use_fused_lora(fused)
+    ids = torch.randint(3, dora.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(2))
+    want_loss, want = _loss_and_grads(dora.train(), ids, False)
+    got_loss, got = _loss_and_grads(fused.train(), ids, False)
+    assert torch.equal(got_loss, want_loss)
+    assert all(torch.equal(got[n], want[n]) for n in want)
