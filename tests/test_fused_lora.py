@@ -84,3 +84,16 @@ def test_dora_keeps_peft_forward(tiny_model):
     got_loss, got = _loss_and_grads(fused.train(), ids, False)
     assert torch.equal(got_loss, want_loss)
     assert all(torch.equal(got[n], want[n]) for n in want)
+
+
+def test_trainable_base_bias_keeps_peft_forward(tiny_model):
+    """A base layer that trains (here its bias) must get its gradient: peft's forward runs."""
+    peft, fused = _pair(tiny_model, 0.0)
+    for m in (peft, fused):
+        proj = m.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+        proj.bias = torch.nn.Parameter(torch.zeros(proj.out_features))
+    ids = torch.randint(3, peft.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(2))
+    want_loss, want = _loss_and_grads(peft, ids, False)
+    got_loss, got = _loss_and_grads(fused, ids, False)
+    assert "base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias" in got
+    assert all(torch.allclose(got[n], want[n], atol=1e-6) for n in want)

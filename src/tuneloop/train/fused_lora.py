@@ -15,8 +15,9 @@ shrink too. Adapter weights stay fp32 masters and are used in the compute dtype,
 would; their gradients come back in fp32. The masks are FastDropout's (train/dropout.py), from
 the same seeded generator.
 
-Only plain single-adapter LoRA on `nn.Linear` in training takes this path; evaluation,
-generation, DoRA, merged or disabled adapters and mixed-adapter batches run peft's own forward.
+Only plain single-adapter LoRA on a frozen `nn.Linear` in training takes this path;
+evaluation, generation, DoRA, a trained base weight or bias, merged or disabled adapters and
+mixed-adapter batches run peft's own forward.
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ def _fused_forward(self, x, *args, **kwargs):
     if (args or kwargs or not self.training or not torch.is_grad_enabled() or x.device.type != "cpu"
             or self.merged or self.disable_adapters or len(adapters) != 1):
         return type(self).forward(self, x, *args, **kwargs)
-    name = adapters[0]
-    if name not in self.lora_A or name in self.lora_variant or self.lora_B[name].bias is not None:
+    name, base = adapters[0], self.base_layer
+    trains_base = base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)
+    if (trains_base or name not in self.lora_A or name in self.lora_variant
+            or self.lora_B[name].bias is not None):
         return type(self).forward(self, x, *args, **kwargs)
-    base = self.base_layer
     levels = drop_levels(getattr(self.lora_dropout[name], "p", 0.0))
     alpha = self.scaling[name] / (1.0 - levels / LEVELS)
     return LoraLinear.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
@@ -87,7 +89,7 @@ def use_fused_lora(model) -> int:
     fused = 0
     for module in model.modules():
         if (isinstance(module, PeftLoraLinear) and isinstance(module.base_layer, torch.nn.Linear)
-                and not module.fan_in_fan_out and not module.base_layer.weight.requires_grad):
+                and not module.fan_in_fan_out):
             module.forward = types.MethodType(_fused_forward, module)
             fused += 1
     return fused
