@@ -97,3 +97,17 @@ def test_trainable_base_bias_keeps_peft_forward(tiny_model):
     got_loss, got = _loss_and_grads(fused, ids, False)
     assert "base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias" in got
     assert all(torch.allclose(got[n], want[n], atol=1e-6) for n in want)
+
+
+def test_gradient_checkpointing_redraws_the_same_masks(tiny_model):
+    """Recomputed layers restore the RNG, so the fused dropout masks and gradients are unchanged."""
+    from tuneloop.train.cpu import prepare_cpu_model
+
+    _, fused = _pair(tiny_model, 0.3)
+    prepare_cpu_model(fused, "fp32")  # fused LoRA and lean norm/MLP, as the loop on CPU
+    ids = torch.randint(3, fused.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(4))
+    want_loss, want = _loss_and_grads(fused, ids, False)
+    fused.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    got_loss, got = _loss_and_grads(fused, ids, False)
+    assert torch.allclose(got_loss, want_loss)
+    assert all(torch.allclose(got[n], want[n], atol=1e-6) for n in want)
