@@ -8,7 +8,9 @@ goes with the batch, and `packed_sdpa` runs one causal scaled-dot-product attent
 example. A block-diagonal mask over the whole row would give the same numbers, but it computes
 (and on CPU, runs through a slower masked kernel) the full row-length squared score matrix, of
 which only the diagonal blocks are used: measured, attention then took about a quarter of a
-LoRA step on the bundled model. flash-attention-2 on CUDA reads the same `cu_seq_lens_q` itself.
+LoRA step on the bundled model. On CPU the per-example attention is one autograd node with a
+cheaper backward (train/packed_attention.py); flash-attention-2 on CUDA reads the same
+`cu_seq_lens_q` itself.
 """
 
 from __future__ import annotations
