@@ -26,9 +26,6 @@ from tuneloop.models.load import Placement, tuneloop_home
 from tuneloop.runs import atomic_write_text
 
 VERSION = 7  # 7: the real architecture; 6: bf16 residual, fast LoRA dropout
-PROBE = {"vocab_size": 8192, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 4,
-         "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 1024,
-         "tie_word_embeddings": True}
 PROBE_ROWS, PROBE_WIDTH = (2, 8), 128  # two batch sizes; half of each row is a target
 
 
@@ -118,17 +115,17 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def probe(device: str, precision: str, model_path: str | None = None) -> dict:
+def probe(device: str, precision: str, model_path: str) -> dict:
     """The micro-benchmark itself (run in a fresh process): FLOP rate, per-step overhead, memory.
 
     Two batch sizes separate the FLOP rate from a per-step cost that does not grow with the
-    tokens (the per-op cost of thousands of small kernels, the optimizer). With `model_path`
-    the probe is the real architecture (random weights from its config.json, nothing loaded):
-    a small stand-in Llama underpredicted the bundled model's steps by 23-28%.
+    tokens (the per-op cost of thousands of small kernels, the optimizer). The probe is the
+    real architecture (random weights from its config.json, nothing loaded): a small stand-in
+    Llama had underpredicted the bundled model's steps by 23-28%.
     """
     import resource
 
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from tuneloop.config import MethodConfig
     from tuneloop.train.cpu import prepare_cpu_model, release_freed_memory
@@ -136,7 +133,7 @@ def probe(device: str, precision: str, model_path: str | None = None) -> dict:
     from tuneloop.train.methods import count_parameters, wrap
 
     base_rss = _rss()
-    config = AutoConfig.from_pretrained(model_path) if model_path else LlamaConfig(**PROBE)
+    config = AutoConfig.from_pretrained(model_path)
     sizes = model_sizes(config)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     torch.manual_seed(0)
@@ -195,14 +192,13 @@ def _arch_key(model_path: str) -> str:
     return f"{c.model_type}:{sizes['layers']}x{sizes['hidden']}:v{c.vocab_size}:{sizes['body']}"
 
 
-def calibration_key(placement: Placement, model_path: str | None = None) -> str:
-    """The cache key: this machine, and the architecture when one is given."""
-    return machine_key(placement) + (f"|{_arch_key(model_path)}" if model_path else "")
+def calibration_key(placement: Placement, model_path: str) -> str:
+    """The cache key: this machine and the architecture."""
+    return f"{machine_key(placement)}|{_arch_key(model_path)}"
 
 
-def calibration(placement: Placement, refresh: bool = False, model_path: str | None = None) -> dict:
-    """This machine's calibration (for this architecture, given `model_path`), measured once
-    (seconds) and then read from the cache."""
+def calibration(placement: Placement, model_path: str, refresh: bool = False) -> dict:
+    """This machine's calibration for this architecture, measured once (seconds), then cached."""
     path = tuneloop_home() / "calibration.json"
     key = calibration_key(placement, model_path)
     cache = json.loads(path.read_text()) if path.exists() else {}
