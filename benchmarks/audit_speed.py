@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = banking77()
     tok = load_tokenizer(resolve_model("smollm2-135m-instruct"))
-    from tuneloop.embed import embed
+    from tuneloop.models.embed import embed
 
     embed(["warm up"])  # load MiniLM once, outside the timings
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

@@ -54,7 +54,7 @@ def _project(root: Path, name: str, steps: int) -> Path:
 def measure(config: Path) -> None:
     """Worker: train, print mean step time (steps 2..N) and peak RSS."""
     from tuneloop.config import load_config
-    from tuneloop.train.loop import train
+    from tuneloop.train.recipe import train
 
     run, _ = train(load_config(config), quiet=True)
     el = [json.loads(x)["elapsed_s"] for x in (run / "metrics.jsonl").read_text().splitlines()

@@ -74,7 +74,7 @@ def domains(n: int) -> None:
     """Each model's bits per byte on medical vs general text targets (and the task metric)."""
     import tempfile
 
-    from tuneloop.select import run_select
+    from tuneloop.select.run import run_select
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, proj in _domain_projects(Path(tmp), n).items():
@@ -110,7 +110,7 @@ def main() -> None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the measuring processes
 
     from tuneloop.models.load import resolve_model
-    from tuneloop.select import run_select
+    from tuneloop.select.run import run_select
 
     for c in CANDIDATES:  # GGUF conversion happens once; it is not what this times
         resolve_model(c)

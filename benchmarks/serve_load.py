@@ -64,7 +64,7 @@ def _project(tmp: Path, run: Path | None) -> tuple[Path, str]:
         "registry: {dir: registry}\nserve: {max_tokens: 64}\n")
     if run is None:
         return tmp / "tuneloop.yaml", "base"
-    from tuneloop.registry import Registry
+    from tuneloop.registry.registry import Registry
 
     Registry(tmp / "registry").register(run, note="serve_load")
     return tmp / "tuneloop.yaml", "champion"
@@ -152,7 +152,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    from tuneloop.monitor.store import TrafficStore
+    from tuneloop.serve.store import TrafficStore
 
     store = TrafficStore(f"sqlite:///{tmp / 'registry' / 'traffic.db'}")
     rows = store.count_requests()

@@ -101,7 +101,7 @@ def val_loss(model, tok, val: list[dict]) -> float:
     """Token-weighted validation loss on answer tokens: one function for both trainers."""
     import torch
 
-    from tuneloop.data.schema import Example, Message
+    from tuneloop.records import Example, Message
     from tuneloop.models.tokens import encode_all
     from tuneloop.train.batches import eval_batches
     from tuneloop.train.loss import TargetLoss
@@ -128,7 +128,7 @@ def run_tuneloop(train: list[dict], val: list[dict], workdir: Path) -> dict:
 
     from tuneloop.config import load_config
     from tuneloop.runs import load_run_model
-    from tuneloop.train.loop import train as do_train
+    from tuneloop.train.recipe import train as do_train
 
     for name, recs in (("train", train), ("val", val)):
         with open(workdir / f"{name}.jsonl", "w") as f:

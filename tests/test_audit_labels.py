@@ -6,7 +6,7 @@ import numpy as np
 
 from tuneloop.data.audit.labels import distribution_findings, mislabel_findings, outlier_findings
 from tuneloop.data.audit.records import Record
-from tuneloop.data.schema import Example, Message
+from tuneloop.records import Example, Message
 
 
 def rec(i: int, text: str, label: str | None) -> Record:
@@ -55,7 +55,7 @@ def test_knn_outliers():
 
 
 def test_embed_is_normalised_and_semantic():
-    from tuneloop.embed import embed
+    from tuneloop.models.embed import embed
 
     v = embed(["Where is my card?", "My card has not arrived yet", "What is the exchange rate?"])
     assert v.shape == (3, 384) and v.dtype == np.float32

@@ -12,7 +12,7 @@ from tuneloop.data.audit.dedup import duplicate_findings, semantic_pairs
 from tuneloop.data.audit.labels import out_of_fold_probs, suspect_indices
 from tuneloop.data.audit.leakage import leakage_findings
 from tuneloop.data.audit.records import Record
-from tuneloop.data.schema import Example, Message
+from tuneloop.records import Example, Message
 from tuneloop.errors import TuneloopError
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tuneloop.config import load_config
-from tuneloop.train.loop import train
+from tuneloop.train.recipe import train
 
 COMMON = ["train.max_steps=3", "method.dropout=0", "model.dtype=fp32", "train.eval_every=3"]
 

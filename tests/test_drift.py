@@ -108,7 +108,7 @@ def test_windows_and_buckets():
 @pytest.mark.skipif(not CLINC.exists(), reason="clinc150 not available")
 def test_real_domain_shift_is_detected_and_same_domain_is_not():
     # MiniLM embeddings of real queries: banking train vs banking test (same) / travel (moved)
-    from tuneloop.embed import embed
+    from tuneloop.models.embed import embed
 
     d = json.loads((CLINC / "data_small.json").read_text())
     doms = json.loads((CLINC / "domains.json").read_text())

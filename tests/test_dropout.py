@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tuneloop.config import MethodConfig
-from tuneloop.train.dropout import FastDropout, keep_mask, use_fast_lora_dropout
+from tuneloop.train.cpu.dropout import FastDropout, keep_mask, use_fast_lora_dropout
 from tuneloop.train.methods import wrap
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tuneloop.data.schema import Example, Message
+from tuneloop.records import Example, Message
 from tuneloop.evaluate.runner import (
     generate,
     perplexity_bpb,

@@ -30,7 +30,7 @@ def _project(root: Path, model: Path) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model) -> Path:
     from tuneloop.config import load_config
-    from tuneloop.train.loop import train
+    from tuneloop.train.recipe import train
 
     cfg = _project(tmp_path_factory.mktemp("evalproj"), tiny_model)
     run, _ = train(load_config(cfg), quiet=True)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from tuneloop.config import parse_config
 from tuneloop.data.commands import register
 from tuneloop.data.fix import fix_file
-from tuneloop.data.schema import Example, Message
+from tuneloop.records import Example, Message
 from tuneloop.data.split import grouped_split, train_validation_split
 from tuneloop.errors import TuneloopError
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tuneloop.config import MethodConfig
-from tuneloop.train.dropout import use_fast_lora_dropout
-from tuneloop.train.fused_lora import use_fused_lora
+from tuneloop.train.cpu.dropout import use_fast_lora_dropout
+from tuneloop.train.cpu.fused_lora import use_fused_lora
 from tuneloop.train.methods import wrap
 
 
@@ -101,7 +101,7 @@ def test_trainable_base_bias_keeps_peft_forward(tiny_model):
 
 def test_gradient_checkpointing_redraws_the_same_masks(tiny_model):
     """Recomputed layers restore the RNG, so the fused dropout masks and gradients are unchanged."""
-    from tuneloop.train.cpu import prepare_cpu_model
+    from tuneloop.train.cpu.prepare import prepare_cpu_model
 
     _, fused = _pair(tiny_model, 0.3)
     prepare_cpu_model(fused, "fp32")  # fused LoRA and lean norm/MLP, as the loop on CPU

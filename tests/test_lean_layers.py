@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tuneloop.config import MethodConfig
-from tuneloop.train.lean_layers import use_lean_layers
+from tuneloop.train.cpu.lean_layers import use_lean_layers
 from tuneloop.train.methods import frozen_to_compute_dtype, wrap
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tuneloop.train.packed_attention import packed_causal_attention
+from tuneloop.train.cpu.packed_attention import packed_causal_attention
 
 
 def _reference(q, k, v, bounds):

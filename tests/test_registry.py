@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from conftest import write_classification_project
 from tuneloop.cli import app
 from tuneloop.errors import TuneloopError
-from tuneloop.registry import Registry
+from tuneloop.registry.registry import Registry
 
 _CACHE: dict[str, Path] = {}
 
@@ -27,7 +27,7 @@ def trained_run(tmp_path_factory, tiny_model) -> Path:
     """One real 2-step LoRA run on the tiny model, shared by the registry and server tests."""
     if "run" not in _CACHE:
         from tuneloop.config import load_config
-        from tuneloop.train.loop import train
+        from tuneloop.train.recipe import train
 
         cfg = write_classification_project(tmp_path_factory.mktemp("regproj"), tiny_model,
                                            train={"max_steps": 2, "eval_every": 2})
@@ -119,7 +119,7 @@ def test_load_gives_the_runs_model(tmp_path, tiny_run):
 
 PROMOTER = """
 import sys
-from tuneloop.registry import Registry
+from tuneloop.registry.registry import Registry
 reg = Registry(sys.argv[1])
 print("ready", flush=True)
 i = 0

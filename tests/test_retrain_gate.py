@@ -13,12 +13,12 @@ import pytest
 from conftest import LABELS, write_classification_project
 from tuneloop.config import DEFAULT_CLASSIFY_TEMPLATE, load_config
 from tuneloop.errors import TuneloopError
-from tuneloop.monitor import gate as gate_mod
-from tuneloop.monitor.gate import compare, decide, pin_frozen, run_gate
-from tuneloop.monitor.retrain import build_dataset, retrain
-from tuneloop.monitor.store import TrafficStore, store_url
-from tuneloop.registry import Registry
-from tuneloop.train.loop import train
+from tuneloop.retrain import gate as gate_mod
+from tuneloop.retrain.gate import compare, decide, pin_frozen, run_gate
+from tuneloop.retrain.retrain import build_dataset, retrain
+from tuneloop.serve.store import TrafficStore, store_url
+from tuneloop.registry.registry import Registry
+from tuneloop.train.recipe import train
 
 
 def prompt(text: str) -> str:

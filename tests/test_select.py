@@ -15,7 +15,7 @@ from conftest import write_classification_project
 from tiny import build_tiny_model
 from tuneloop.cli import app
 from tuneloop.errors import TuneloopError
-from tuneloop.select import flat_metrics, parse_memory, run_select
+from tuneloop.select.run import flat_metrics, parse_memory, run_select
 from tuneloop.select.rank import METRICS, parse_weights, rank
 from tuneloop.select.write import edit_model_name, set_model_name
 
@@ -211,7 +211,7 @@ def test_flat_metrics_of_a_partial_result():
 
 
 def test_subsets_are_seeded_samples_in_file_order():
-    from tuneloop.select import _sample
+    from tuneloop.select.run import _sample
 
     rows = list(range(100))  # e.g. a file sorted by label: the first 10 would be one class
     a, b = _sample(rows, 10, seed=0), _sample(rows, 10, seed=1)

@@ -9,7 +9,7 @@ import pytest
 
 from tuneloop.config import parse_config
 from tuneloop.errors import TuneloopError
-from tuneloop.monitor.store import TrafficStore, store_url
+from tuneloop.serve.store import TrafficStore, store_url
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import load_file
 
 from tuneloop.config import load_config
-from tuneloop.train import loop as loop_mod
-from tuneloop.train.loop import train
+from tuneloop.train import recipe as loop_mod
+from tuneloop.train.recipe import train
 
 
 def _losses(run):

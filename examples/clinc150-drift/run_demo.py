@@ -100,8 +100,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tuneloop.config import load_config
-    from tuneloop.registry import Registry
-    from tuneloop.train.loop import train
+    from tuneloop.registry.registry import Registry
+    from tuneloop.train.recipe import train
 
     work = (args.workdir or HERE / "runs" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     work.mkdir(parents=True, exist_ok=True)

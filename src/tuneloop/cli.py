@@ -26,7 +26,7 @@ def _mount() -> None:
 
     commands_core.register(app)
     for mod in ("tuneloop.data.commands", "tuneloop.evaluate.commands",
-                "tuneloop.select_commands", "tuneloop.registry_commands", "tuneloop.serve.commands",
+                "tuneloop.select.commands", "tuneloop.registry.commands", "tuneloop.serve.commands",
                 "tuneloop.monitor.commands"):
         try:
             module = __import__(mod, fromlist=["register"])

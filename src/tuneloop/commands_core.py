@@ -41,7 +41,7 @@ def quickstart(set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = Fa
 
     Runs go to ./runs. Example: tuneloop quickstart --set train.epochs=1
     """
-    from tuneloop.quickstart import run_quickstart
+    from tuneloop.recipes.quickstart import run_quickstart
 
     overrides = [f"output.dir={Path.cwd() / 'runs'}"] + list(set_ or [])
     res = run_quickstart(overrides, quiet=quiet or json_)
@@ -102,7 +102,7 @@ def train(
         else:
             out.print_json(data=res)
         return
-    from tuneloop.train.loop import train as do_train
+    from tuneloop.train.recipe import train as do_train
 
     run, summary = do_train(cfg, resume=resume, quiet=quiet or json_)
     if json_:
@@ -142,7 +142,7 @@ def generate(
     json_: JsonOpt = False,
 ) -> None:
     """Reply to one message with the fine-tuned model (base + adapter)."""
-    from tuneloop.data.schema import Message
+    from tuneloop.records import Message
     from tuneloop.evaluate.runner import generate as gen
     from tuneloop.runs import load_run_model
 
@@ -157,7 +157,7 @@ def generate(
 def chat(run: Annotated[Path, typer.Argument(help="A run folder from `tuneloop train`.")],
          max_new_tokens: Annotated[int, typer.Option(help="Longest reply.")] = 256) -> None:
     """Talk to the fine-tuned model in the terminal (empty line or Ctrl-D to quit)."""
-    from tuneloop.data.schema import Message
+    from tuneloop.records import Message
     from tuneloop.evaluate.runner import generate as gen
     from tuneloop.runs import load_run_model
 
@@ -185,7 +185,7 @@ def export(run: Annotated[Path, typer.Argument(help="A run folder from `tuneloop
     Checks parity: the largest logit difference between adapter and merged model must stay
     under the stated tolerance, else the export is reported as failed (exit 2).
     """
-    from tuneloop.export import export_merged
+    from tuneloop.export.merge import export_merged
 
     res = export_merged(run, merge)
     if json_:

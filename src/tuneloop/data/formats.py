@@ -12,7 +12,7 @@ from typing import Any
 
 from tuneloop.config import DEFAULT_CLASSIFY_TEMPLATE, DataConfig, TaskConfig
 from tuneloop.data.io import RawRow
-from tuneloop.data.schema import ROLES, Example, Message
+from tuneloop.records import ROLES, Example, Message
 
 FORMAT_KEYS = {
     "chat": ("messages",),

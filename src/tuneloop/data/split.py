@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from tuneloop.data.schema import Example
+from tuneloop.records import Example
 
 
 def train_validation_split(examples: list[Example], fraction: float, seed: int,

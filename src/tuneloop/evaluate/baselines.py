@@ -16,7 +16,7 @@ import numpy as np
 
 from tuneloop.config import DEFAULT_CLASSIFY_TEMPLATE, TaskConfig
 from tuneloop.data.formats import fill_template
-from tuneloop.data.schema import Example, Message
+from tuneloop.records import Example, Message
 
 
 def raw_input(ex: Example, task: TaskConfig) -> str:
@@ -51,7 +51,7 @@ def prompted(ex: Example, task: TaskConfig) -> list[Message]:
 
 def retrieve(queries: Sequence[str], pool: Sequence[str], k: int) -> list[list[int]]:
     """Indices of the k most similar pool texts per query (MiniLM cosine), most similar last."""
-    from tuneloop.embed import embed
+    from tuneloop.models.embed import embed
 
     if k <= 0 or not pool:
         return [[] for _ in queries]
@@ -85,7 +85,7 @@ def embedding_classifier(train: Sequence[Example], examples: Sequence[Example],
     """Predicted labels, class probabilities (columns in task.labels order) and seconds per example."""
     from sklearn.linear_model import LogisticRegression
 
-    from tuneloop.embed import embed
+    from tuneloop.models.embed import embed
     from tuneloop.errors import TuneloopError
 
     labels = list(task.labels or sorted({t.label for t in train if t.label}))

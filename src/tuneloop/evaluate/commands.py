@@ -78,7 +78,7 @@ def curve_cmd(
 ) -> None:
     """Learning curve: one fine-tune per nested training subset, the metric (95% CI) against
     the number of examples; writes curve.json and curve.png."""
-    from tuneloop.evaluate.curve import parse_sizes, run_curve
+    from tuneloop.recipes.curve import parse_sizes, run_curve
 
     res = run_curve(config, parse_sizes(sizes), limit, set_, bootstrap, quiet=quiet or json_)
     if json_:

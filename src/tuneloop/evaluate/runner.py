@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from tuneloop.console import progress
-from tuneloop.data.schema import Example, Message
+from tuneloop.records import Example, Message
 from tuneloop.models.tokens import IGNORE, encode, encode_prompt, end_of_turn_id
 
 

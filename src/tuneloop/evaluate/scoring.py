@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tuneloop.data.schema import Example
+from tuneloop.records import Example
 from tuneloop.evaluate.stats import mean_stat, metric_with_ci, ratio_stat
 from tuneloop.evaluate.systems import SystemOutput
 

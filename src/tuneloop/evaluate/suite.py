@@ -123,7 +123,7 @@ def _seed_runs(cfg: Config, run: Path | None, seeds: int | None, quiet: bool) ->
 
     A config with --seeds K trains K runs; a config without it evaluates the baselines only.
     """
-    from tuneloop.train.loop import train
+    from tuneloop.train.recipe import train
 
     runs = [run] if run else []
     want = seeds if seeds is not None else len(runs)

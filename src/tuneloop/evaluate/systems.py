@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tuneloop.config import Config
-from tuneloop.data.schema import Example, Message
+from tuneloop.records import Example, Message
 
 
 @dataclass

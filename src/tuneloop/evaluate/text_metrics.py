@@ -67,7 +67,7 @@ def rouge_l(pred: str, refs: Sequence[str]) -> float:
 
 def embedding_similarity(preds: Sequence[str], refs: Sequence[str]) -> np.ndarray:
     """Cosine similarity of MiniLM embeddings, prediction vs reference, one per pair."""
-    from tuneloop.embed import embed
+    from tuneloop.models.embed import embed
 
     a = embed([p or " " for p in preds])
     b = embed([r or " " for r in refs])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tuneloop.data.schema import Example, Message
+from tuneloop.records import Example, Message
 from tuneloop.errors import TuneloopError
 
 IGNORE = -100

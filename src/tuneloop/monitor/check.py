@@ -68,8 +68,8 @@ def run_monitor(cfg: Config, window: str | None = None, now: datetime | None = N
                 perplexity: bool = True, quiet: bool = True, n_perm: int = 500) -> dict[str, Any]:
     """Every drift signal for the traffic window ending `now`; `drift` says if any crossed."""
     from tuneloop.console import progress
-    from tuneloop.monitor.store import TrafficStore, store_url
-    from tuneloop.registry import Registry
+    from tuneloop.serve.store import TrafficStore, store_url
+    from tuneloop.registry.registry import Registry
 
     mcfg = cfg.monitor
     spec = window or mcfg.window
@@ -99,7 +99,7 @@ def run_monitor(cfg: Config, window: str | None = None, now: datetime | None = N
     sig = res["signals"]
     with progress(quiet) as bar:
         task = bar.add_task("monitor", total=4)
-        from tuneloop.embed import embed
+        from tuneloop.models.embed import embed
 
         ref_emb, cur_emb = embed(ref_texts), embed(cur_texts)
         bar.advance(task)

@@ -95,8 +95,8 @@ def retrain_cmd(config: ConfigArg = Path("."),
 
     Exit codes: **0** promoted (or --no-gate), **1** challenger not promoted, **2** error.
     """
-    from tuneloop.monitor.gate import run_gate
-    from tuneloop.monitor.retrain import retrain
+    from tuneloop.retrain.gate import run_gate
+    from tuneloop.retrain.retrain import retrain
 
     cfg = _cfg(config, set_)
     res = retrain(cfg, quiet=quiet or json_)
@@ -128,7 +128,7 @@ def gate_cmd(config: ConfigArg = Path("."),
 
     Exit codes: **0** promoted (or would be, with --dry-run), **1** kept the champion, **2** error.
     """
-    from tuneloop.monitor.gate import run_gate
+    from tuneloop.retrain.gate import run_gate
 
     d = run_gate(_cfg(config, set_), fresh, promote=not dry_run, quiet=quiet or json_)
     print_json(d) if json_ else _print_gate(d)
@@ -149,8 +149,8 @@ def loop_cmd(config: ConfigArg = Path("."), window: WindowOpt = None, html: Html
     import time
 
     from tuneloop.monitor.check import run_monitor
-    from tuneloop.monitor.gate import run_gate
-    from tuneloop.monitor.retrain import retrain
+    from tuneloop.retrain.gate import run_gate
+    from tuneloop.retrain.retrain import retrain
     from tuneloop.runs import write_json
 
     cfg = _cfg(config, set_)

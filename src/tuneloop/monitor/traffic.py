@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.config import DEFAULT_CLASSIFY_TEMPLATE, Config, DataConfig, TaskConfig
-from tuneloop.data.schema import Example
+from tuneloop.records import Example
 
 _NICE = [timedelta(minutes=m) for m in (1, 5, 15, 30)] + [
     timedelta(hours=h) for h in (1, 3, 6, 12)] + [timedelta(days=d) for d in (1, 7)]

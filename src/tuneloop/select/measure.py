@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tuneloop.config import Config
-from tuneloop.data.schema import Example, Message
+from tuneloop.records import Example, Message
 from tuneloop.errors import TuneloopError
 
 STAGES = ("resolve", "estimate", "load", "zero_shot", "few_shot", "latency", "probe")
@@ -77,7 +77,7 @@ def _probe(model, tok, cfg: Config, items, plan, val: list[Example], steps: int,
     import torch
 
     from tuneloop.evaluate.runner import perplexity_bpb, target_nll
-    from tuneloop.train.loop import micro_batch
+    from tuneloop.train.recipe import micro_batch
     from tuneloop.train.loss import TargetLoss
     from tuneloop.train.methods import wrap
 
@@ -138,7 +138,7 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
     from tuneloop.models.tokens import encode_all, ensure_template
     from tuneloop.train.batches import BatchPlan
     from tuneloop.train.estimate import estimate
-    from tuneloop.train.loop import total_steps
+    from tuneloop.train.recipe import total_steps
     from tuneloop.train.methods import count_parameters
 
     timings: dict[str, float] = {}

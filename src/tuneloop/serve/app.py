@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneloop.errors import TuneloopError
-from tuneloop.monitor.store import TrafficStore
+from tuneloop.serve.store import TrafficStore
 from tuneloop.serve.engine import Generation, Handle, ModelPool, Params, UnknownModel
 from tuneloop.serve.guard import Guard, Metrics
 from tuneloop.serve.schemas import ChatRequest, CompletionRequest, FeedbackRequest, error_body

@@ -17,8 +17,8 @@ def build(config: Path, model: str = "champion", store: str | None = None, prelo
     from tuneloop.config import load_config
     from tuneloop.errors import TuneloopError
     from tuneloop.models.load import choose_placement
-    from tuneloop.monitor.store import TrafficStore, store_url
-    from tuneloop.registry import Registry
+    from tuneloop.serve.store import TrafficStore, store_url
+    from tuneloop.registry.registry import Registry
     from tuneloop.serve.app import ServeSettings, create_app
     from tuneloop.serve.engine import BASE, ModelPool
 

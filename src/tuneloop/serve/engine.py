@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tuneloop.errors import TuneloopError
-from tuneloop.registry import REF_RE, Registry, check_safetensors
+from tuneloop.registry.registry import REF_RE, Registry, check_safetensors
 
 if TYPE_CHECKING:
     from tuneloop.serve.stream import StreamJob
@@ -182,7 +182,7 @@ class ModelPool:
     # ---- prompts -------------------------------------------------------------------------
     def chat_prompt(self, h: Handle, messages: list[tuple[str, str]]) -> list[int]:
         """Token ids of a conversation plus the generation prompt, in the model's template."""
-        from tuneloop.data.schema import Message
+        from tuneloop.records import Message
         from tuneloop.models.tokens import encode_prompt
 
         return encode_prompt(h.loaded.tok, [Message(r, c) for r, c in messages])

@@ -128,7 +128,7 @@ def probe(device: str, precision: str, model_path: str) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from tuneloop.config import MethodConfig
-    from tuneloop.train.cpu import prepare_cpu_model, release_freed_memory
+    from tuneloop.train.cpu.prepare import prepare_cpu_model, release_freed_memory
     from tuneloop.train.loss import TargetLoss
     from tuneloop.train.methods import count_parameters, wrap
 

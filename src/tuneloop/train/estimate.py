@@ -17,7 +17,7 @@ SAMPLE_STEPS = 200  # planned steps whose batch shapes are averaged (all, for sh
 
 def _batch_shapes(cfg: Config, items: list[Encoded], plan: BatchPlan, steps: int) -> list[dict]:
     """Positions, row width and targets of the planned micro-batches (up to SAMPLE_STEPS)."""
-    from tuneloop.train.loop import micro_batch
+    from tuneloop.train.recipe import micro_batch
 
     shapes = []
     for k in range(min(steps, SAMPLE_STEPS) * cfg.train.grad_accum):
@@ -115,7 +115,7 @@ def dry_run(cfg: Config) -> dict:
     from tuneloop.data.load import load_splits
     from tuneloop.models.load import choose_placement, load_tokenizer, resolve_model
     from tuneloop.models.tokens import encode_all, ensure_template
-    from tuneloop.train.loop import total_steps
+    from tuneloop.train.recipe import total_steps
 
     splits = load_splits(cfg)
     path = resolve_model(cfg.model.name)

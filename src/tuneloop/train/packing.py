@@ -20,7 +20,7 @@ import itertools
 import torch
 
 from tuneloop.models.tokens import IGNORE, Encoded
-from tuneloop.train.packed_attention import packed_causal_attention
+from tuneloop.train.cpu.packed_attention import packed_causal_attention
 
 ATTENTION = "tuneloop_packed_sdpa"
 

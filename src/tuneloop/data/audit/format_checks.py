@@ -7,7 +7,7 @@ from typing import Any
 
 from tuneloop.data.audit.findings import Finding
 from tuneloop.data.audit.records import AuditSet
-from tuneloop.data.schema import ROLES
+from tuneloop.records import ROLES
 
 MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id"}
 

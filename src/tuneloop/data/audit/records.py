@@ -9,7 +9,7 @@ from typing import Any
 from tuneloop.config import DataConfig, TaskConfig
 from tuneloop.data.formats import Normaliser, RecordError
 from tuneloop.data.io import RawRow, read_rows
-from tuneloop.data.schema import Example
+from tuneloop.records import Example
 
 
 @dataclass

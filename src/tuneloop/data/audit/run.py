@@ -82,7 +82,7 @@ def run_audit(path: str | Path, cfg: Config, against: list[str | Path] = (),
         task = pb.add_task("audit", total=7)
         emb, other_emb = None, {}
         if opts.embeddings and recs:
-            from tuneloop.embed import embed
+            from tuneloop.models.embed import embed
 
             pb.update(task, description="audit: embeddings")
             emb = embed([r.input for r in recs])

@@ -10,7 +10,7 @@ import typer
 
 from tuneloop.console import JsonOpt, out, print_json
 from tuneloop.errors import TuneloopError
-from tuneloop.registry import Registry, Version
+from tuneloop.registry.registry import Registry, Version
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="tuneloop.yaml (or its folder) whose `registry.dir` holds the registry. "

@@ -26,7 +26,7 @@ import types
 
 import torch
 
-from tuneloop.train.dropout import LEVELS, drop_levels, keep_mask
+from tuneloop.train.cpu.dropout import LEVELS, drop_levels, keep_mask
 
 
 class LoraLinear(torch.autograd.Function):

@@ -12,7 +12,7 @@ PARITY_TOLERANCE = 1e-3  # max |logit difference| adapter vs merged, fp32
 
 
 def _probe_inputs(tok) -> dict[str, torch.Tensor]:
-    from tuneloop.data.schema import Message
+    from tuneloop.records import Message
     from tuneloop.models.tokens import encode_prompt
 
     texts = ["Where is my new card?", "Summarise: the meeting moved to Tuesday at 10."]

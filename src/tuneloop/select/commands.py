@@ -49,7 +49,7 @@ def select_cmd(
 
     Example: `tuneloop select examples/pubmedqa --candidates smollm2-135m-instruct,gemma3-270m`
     """
-    from tuneloop.select import parse_candidates, run_select
+    from tuneloop.select.run import parse_candidates, run_select
 
     res = run_select(config, parse_candidates(candidates), max_memory, probe_steps, weights,
                      max_examples or None, few_shot_examples, set_, quiet=quiet or json_, write=write)

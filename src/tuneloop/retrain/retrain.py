@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.config import Config
-from tuneloop.data.schema import Example, Message, fingerprint
+from tuneloop.records import Example, Message, fingerprint
 from tuneloop.data.split import train_validation_split
 from tuneloop.errors import TuneloopError
 from tuneloop.monitor.traffic import feedback_label, raw_text, reference_examples
@@ -134,9 +134,9 @@ def audit_dataset(cfg: Config, manifest: dict) -> dict[str, Any]:
 
 def retrain(cfg: Config, quiet: bool = True) -> dict[str, Any]:
     """Build + audit the data set, train from the champion, register the run as challenger."""
-    from tuneloop.monitor.store import TrafficStore, store_url
-    from tuneloop.registry import Registry
-    from tuneloop.train.loop import train
+    from tuneloop.serve.store import TrafficStore, store_url
+    from tuneloop.registry.registry import Registry
+    from tuneloop.train.recipe import train
 
     registry = Registry.from_config(cfg)
     try:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tuneloop.config import Config
-from tuneloop.data.schema import Example, fingerprint
+from tuneloop.records import Example, fingerprint
 from tuneloop.errors import TuneloopError
 from tuneloop.runs import write_json
 
@@ -128,7 +128,7 @@ def run_gate(cfg: Config, fresh_path: str | None = None, promote: bool = True,
     """Evaluate champion vs challenger, decide, record the evidence and promote if earned."""
     from tuneloop.console import progress
     from tuneloop.data.load import load_examples
-    from tuneloop.registry import Registry
+    from tuneloop.registry.registry import Registry
 
     registry = Registry.from_config(cfg)
     try:

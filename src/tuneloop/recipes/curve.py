@@ -31,7 +31,7 @@ def run_curve(config: str | Path, sizes: list[int], limit: int | None = None,
               free_generation: bool = False, quiet: bool = False) -> dict:
     """One fine-tune per size, each evaluated on the same test examples; writes curve.json/png."""
     from tuneloop.evaluate.suite import run_eval
-    from tuneloop.train.loop import train
+    from tuneloop.train.recipe import train
 
     base = load_config(config, overrides)
     stamp = time.strftime("%Y%m%d-%H%M%S")

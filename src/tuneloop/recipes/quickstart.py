@@ -39,7 +39,7 @@ def run_quickstart(overrides: list[str] | None = None, quiet: bool = False) -> d
     from tuneloop.models.load import choose_placement, load_model, load_tokenizer, resolve_model
     from tuneloop.models.tokens import ensure_template
     from tuneloop.runs import load_run_model, write_json
-    from tuneloop.train.loop import train
+    from tuneloop.train.recipe import train
 
     cfg = example_config(overrides)
     test = load_splits(cfg).test

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import functools
 
-from tuneloop.train.dropout import use_fast_lora_dropout
-from tuneloop.train.fused_lora import use_fused_lora
-from tuneloop.train.lean_layers import use_lean_layers
+from tuneloop.train.cpu.dropout import use_fast_lora_dropout
+from tuneloop.train.cpu.fused_lora import use_fused_lora
+from tuneloop.train.cpu.lean_layers import use_lean_layers
 from tuneloop.train.methods import frozen_to_compute_dtype
 
 

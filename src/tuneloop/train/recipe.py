@@ -17,14 +17,14 @@ import torch
 
 from tuneloop.config import Config
 from tuneloop.data.load import load_splits
-from tuneloop.data.schema import fingerprint
+from tuneloop.records import fingerprint
 from tuneloop.errors import TuneloopError
 from tuneloop.models.load import choose_placement, load_tokenizer, resolve_model
 from tuneloop.models.tokens import IGNORE, Encoded, encode_all, ensure_template
 from tuneloop.runs import environment, new_run_dir, write_json
 from tuneloop.train import checkpoint
 from tuneloop.train.batches import BatchPlan, collate, eval_batches
-from tuneloop.train.cpu import prepare_cpu_model, release_freed_memory
+from tuneloop.train.cpu.prepare import prepare_cpu_model, release_freed_memory
 from tuneloop.train.loss import TargetLoss
 from tuneloop.train.methods import count_parameters, load_base, wrap
 from tuneloop.train.packing import collate_packed, use_packed_attention

@@ -1,0 +1,1 @@
+"""Export a run where people run models: merged safetensors (more formats to come)."""

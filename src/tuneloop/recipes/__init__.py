@@ -1,0 +1,1 @@
+"""Workflows that span stages: the quickstart and the learning curve."""

@@ -1,0 +1,1 @@
+"""Retrain on reviewed traffic, gate the challenger, promote only on a significant win."""
