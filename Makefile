@@ -26,14 +26,18 @@ install: $(STAMP)
 quickstart: install
 	$(BIN)/tuneloop quickstart
 
-test: install
+# The README's test command: the lint (style + the import layers) first, then every test.
+test: lint
 	$(BIN)/python -m pytest -q
 
-test-fast: install
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not integration"
 
+# ruff for style and bugs; import-linter for the layer contract in pyproject.toml (stages
+# import only downwards).
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/lint-imports
 
 bench: install
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -9,21 +9,21 @@ import typer
 
 from tuneloop.config import Config, load_config, parse_config
 from tuneloop.errors import TuneloopError
+from tuneloop.options import DEFAULT_CONFIG, ConfigOpt, SetOpt
 
 data_app = typer.Typer(no_args_is_help=True, help="Audit, clean and split a data set before "
                        "any compute is spent.")
 
 DataArg = Annotated[Path | None, typer.Argument(
     help="Data file (.jsonl/.csv/.tsv/.parquet); default: data.train of --config.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tuneloop.yaml.")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override a config key, e.g. data.columns.label=category (repeatable).")]
 NearOpt = Annotated[float, typer.Option(help="Word 5-gram Jaccard for near duplicates.")]
 
 
 def _resolve(data: Path | None, config: Path | None, sets: list[str] | None,
              ) -> tuple[Path, Config]:
     """The data path and a Config: from the file, or defaults when there is no config."""
+    if config is None and data is None and (DEFAULT_CONFIG / "tuneloop.yaml").exists():
+        config = DEFAULT_CONFIG
     if config is not None:
         cfg = load_config(config, sets)
     elif data is not None:

@@ -1,4 +1,4 @@
-"""CLI for the evaluation stage: `eval`, `curve`, `report` and the `review` sub-app."""
+"""CLI for the evaluation stage: `eval`, `report` and the `review` sub-app."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from tuneloop.console import JsonOpt, QuietOpt, out, print_json
+from tuneloop.console import out, print_json
+from tuneloop.options import JsonOpt, QuietOpt, SetOpt
 
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override a config key, e.g. --set eval.max_examples=100 (repeatable).")]
 LimitOpt = Annotated[int | None, typer.Option(
     "--limit", help="Evaluate at most N test examples (default: eval.max_examples).")]
 BootOpt = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the CIs.")]
@@ -20,8 +19,10 @@ review_app = typer.Typer(help="Human review: export outputs for raters, import t
 
 
 def eval_cmd(
-    target: Annotated[Path, typer.Argument(help="A run folder, or tuneloop.yaml (baselines only "
-                                                "unless --seeds trains runs).")],
+    target: Annotated[Path, typer.Argument(
+        metavar="RUN|CONFIG", show_default=False,
+        help="A run folder, or tuneloop.yaml or the folder holding it (default: the current "
+             "folder; baselines only unless --seeds trains runs).")] = Path("."),
     baselines: Annotated[str | None, typer.Option(
         help="Comma list of zero_shot,few_shot,embedding_classifier, or none. Default: all "
              "that apply to the task.")] = None,
@@ -67,29 +68,6 @@ def _print_systems(res: dict) -> None:
         out.print(f"- {c['verdict']}")
     out.print(f"written: {res['eval_dir']}/eval.json; next: tuneloop report "
               f"{res['eval_dir']}")
-
-
-def curve_cmd(
-    config: Annotated[Path, typer.Argument(help="tuneloop.yaml or its folder.")],
-    sizes: Annotated[str, typer.Option(help="Training-set sizes, e.g. 50,100,200,400.")]
-    = "50,100,200,400",
-    limit: LimitOpt = None, bootstrap: BootOpt = 1000,
-    set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
-) -> None:
-    """Learning curve: one fine-tune per nested training subset, the metric (95% CI) against
-    the number of examples; writes curve.json and curve.png."""
-    from tuneloop.recipes.curve import parse_sizes, run_curve
-
-    res = run_curve(config, parse_sizes(sizes), limit, set_, bootstrap, quiet=quiet or json_)
-    if json_:
-        print_json(res)
-        return
-    from tuneloop.evaluate.report import _fmt
-
-    for p in res["points"]:
-        out.print(f"{p['train_examples']:>6} examples: {res['metric']} "
-                  f"{_fmt(p['metrics'][res['metric']])}")
-    out.print(f"written: {res['curve_dir']}/curve.json, curve.png")
 
 
 def report_cmd(
@@ -142,8 +120,7 @@ def review_import(
 
 
 def register(app: typer.Typer) -> None:
-    """Mount eval, curve, report and review on the main app."""
+    """Mount eval, report and review on the main app."""
     app.command("eval")(eval_cmd)
-    app.command("curve")(curve_cmd)
     app.command("report")(report_cmd)
     app.add_typer(review_app, name="review")

@@ -48,8 +48,6 @@ def gguf_path(entry: CatalogEntry, cache: Path) -> Path:
         return direct
     if entry.name == "gemma3-270m":
         # The package's own module only uses the standard library, so importing it is safe.
-        import importlib
-
         mod = importlib.import_module(entry.module)
         target = cache / "gguf" / entry.gguf_file
         if not target.exists():

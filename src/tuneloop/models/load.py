@@ -2,37 +2,31 @@
 
 GGUF files are de-quantised once (~20-50 s) and cached as safetensors under $TUNELOOP_HOME,
 so every later load takes well under a second.
+
+torch and transformers are imported inside the functions that use them: this module is
+imported when the CLI starts (registry -> runs -> here), and `tuneloop --help` must not pay
+the seconds those imports take.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
+from tuneloop.console import err
 from tuneloop.errors import TuneloopError
+from tuneloop.files import file_lock
 from tuneloop.models.catalog import CATALOG, gguf_path
+from tuneloop.models.tokens import ensure_template
 
 
 def tuneloop_home() -> Path:
     return Path(os.environ.get("TUNELOOP_HOME", Path.home() / ".cache" / "tuneloop")).expanduser()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """Inter-process lock, so DDP ranks or parallel runs convert a GGUF only once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def resolve_model(name: str) -> str:
@@ -55,7 +49,8 @@ def _cached_catalog_model(name: str) -> Path:
     target = home / "models" / name
     if (target / "config.json").exists():
         return target
-    with _file_lock(home / "locks" / f"{name}.lock"):
+    # DDP ranks and parallel runs convert a GGUF only once.
+    with file_lock(home / "locks" / f"{name}.lock"):
         if (target / "config.json").exists():
             return target
         _convert_gguf(name, target, home)
@@ -63,12 +58,11 @@ def _cached_catalog_model(name: str) -> Path:
 
 
 def _convert_gguf(name: str, target: Path, home: Path) -> None:
-    from rich.console import Console
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # why: light CLI start (docstring)
 
     entry = CATALOG[name]
     gguf = gguf_path(entry, home)
-    Console(stderr=True).print(f"[dim]De-quantising {gguf.name} once; later loads use the "
+    err.print(f"[dim]De-quantising {gguf.name} once; later loads use the "
                                f"safetensors cache in {target}[/dim]")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -111,7 +105,7 @@ class Placement:
 
 def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
     """CUDA bf16 when present; CPU bf16 autocast where the CPU has AMX/avx512_bf16; else fp32."""
-    import torch
+    import torch  # why: keeps the CLI's start light (module docstring)
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -126,12 +120,28 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
 
 
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    """The tokenizer in `path`, with a pad token (EOS when it has none)."""
+    from transformers import AutoTokenizer  # why: keeps the CLI's start light (module docstring)
 
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def chat_tokenizer(path: str):
+    """load_tokenizer, ready to render chats: a template-less (base) tokenizer gets the
+    fallback template."""
+    tok = load_tokenizer(path)
+    ensure_template(tok)
+    return tok
+
+
+def load_tokenizer_for(name: str) -> tuple[str, Any]:
+    """Resolve a model name (catalog name, folder or hub id) and load its chat-ready tokenizer:
+    (the local path that from_pretrained loads, tokenizer)."""
+    path = resolve_model(name)
+    return path, chat_tokenizer(path)
 
 
 def load_model(path: str, placement: Placement | None = None):

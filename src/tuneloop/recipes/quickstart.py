@@ -12,7 +12,7 @@ from tuneloop.config import Config, load_config
 from tuneloop.data.load import load_splits
 from tuneloop.errors import TuneloopError
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support-intents"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "support-intents"
 
 
 def example_config(overrides: list[str] | None = None) -> Config:

@@ -8,13 +8,12 @@ from typing import Annotated
 
 import typer
 
-from tuneloop.console import JsonOpt, out, print_json
+from tuneloop.console import out, print_json
+from tuneloop.config import load_config
 from tuneloop.errors import TuneloopError
+from tuneloop.options import ConfigOpt, JsonOpt, config_path
 from tuneloop.registry.registry import Registry, Version
 
-ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", "-c", help="tuneloop.yaml (or its folder) whose `registry.dir` holds the registry. "
-                           "Default: ./tuneloop.yaml.")]
 RegistryOpt = Annotated[Path | None, typer.Option(
     "--registry", help="The registry folder itself (overrides --config).")]
 
@@ -30,11 +29,10 @@ def open_registry(config: Path | None, registry: Path | None) -> Registry:
     """The registry named by --registry, else by the config's registry.dir."""
     if registry is not None:
         return Registry(registry)
-    from tuneloop.config import load_config
-
-    path = config or Path("tuneloop.yaml")
-    if not Path(path).exists():
-        raise TuneloopError(f"{path}: no config found; pass --config tuneloop.yaml or --registry DIR")
+    path = config_path(config)
+    if not (path.exists() and (path.is_file() or (path / "tuneloop.yaml").exists())):
+        raise TuneloopError(f"{path}: no tuneloop.yaml found; pass --config tuneloop.yaml or "
+                            "--registry DIR")
     return Registry.from_config(load_config(path))
 
 

@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 
 from tuneloop.console import err, out, print_json
+from tuneloop.options import ConfigArg, JsonOpt, QuietOpt, SetOpt
 
 
 def select_cmd(
-    config: Annotated[Path, typer.Argument(help="tuneloop.yaml or its folder.")],
     candidates: Annotated[str, typer.Option(
         help="Comma list of catalog names (`smollm2-135m-instruct`, `gemma3-270m`), model "
              "folders or cached hub ids.")],
+    config: ConfigArg = Path("."),
     max_memory: Annotated[str | None, typer.Option(
         help="Drop candidates whose estimated training memory on this machine exceeds this, "
              "e.g. 8GB.")] = None,
@@ -32,10 +33,7 @@ def select_cmd(
     write: Annotated[bool, typer.Option(
         "--write", help="Put the winner into the config's model.name (backup kept as "
                         ".bak; nothing else in the file changes).")] = False,
-    set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a config key, e.g. --set data.validation=val.csv.")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
 ) -> None:
     """Pick a base model by measuring each candidate on **your** validation data.
 

@@ -1,4 +1,7 @@
-"""`tuneloop serve`: the registry's models behind an OpenAI-compatible HTTP API."""
+"""`tuneloop serve | generate | chat`: answer with a registered or trained model.
+
+Heavy imports (torch, uvicorn, the [serve] extra) sit inside the commands: a fast `--help`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from tuneloop.console import err
+from tuneloop.console import err, out, print_json
+from tuneloop.options import ConfigArg, JsonOpt
 
 
 def build(config: Path, model: str = "champion", store: str | None = None, preload: bool = True,
@@ -42,9 +46,7 @@ def build(config: Path, model: str = "champion", store: str | None = None, prelo
 
 
 def serve(
-    config: Annotated[Path, typer.Argument(
-        help="tuneloop.yaml (or its folder): registry, base model, `serve` limits and the traffic store.")]
-        = Path("tuneloop.yaml"),
+    config: ConfigArg = Path("."),
     model: Annotated[str, typer.Option(
         help="Model to load at start-up and to answer `model: \"default\"`: an alias (champion, "
              "challenger), a version id (v3) or `base`. Clients may name any registered version.")]
@@ -95,6 +97,50 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
+def generate(
+    run: Annotated[Path, typer.Argument(help="A run folder from `tuneloop train`.")],
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    max_new_tokens: Annotated[int, typer.Option(help="Longest reply.")] = 128,
+    system: Annotated[str | None, typer.Option(help="Optional system message.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Reply to one message with the fine-tuned model (base + adapter)."""
+    from tuneloop.records import Message
+    from tuneloop.models.generate import generate as gen
+    from tuneloop.runs import load_run_model
+
+    model, tok, cfg = load_run_model(run)
+    msgs = ([Message("system", system)] if system else []) + [Message("user", prompt)]
+    if cfg.task.system_prompt and not system:
+        msgs.insert(0, Message("system", cfg.task.system_prompt))
+    reply = gen(model, tok, [msgs], max_new_tokens)[0]
+    print_json({"reply": reply}) if json_ else out.print(reply, markup=False, highlight=False)
+
+
+def chat(run: Annotated[Path, typer.Argument(help="A run folder from `tuneloop train`.")],
+         max_new_tokens: Annotated[int, typer.Option(help="Longest reply.")] = 256) -> None:
+    """Talk to the fine-tuned model in the terminal (empty line or Ctrl-D to quit)."""
+    from tuneloop.records import Message
+    from tuneloop.models.generate import generate as gen
+    from tuneloop.runs import load_run_model
+
+    model, tok, cfg = load_run_model(run)
+    history = [Message("system", cfg.task.system_prompt)] if cfg.task.system_prompt else []
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        history.append(Message("user", line))
+        reply = gen(model, tok, [history], max_new_tokens)[0]
+        history.append(Message("assistant", reply))
+        out.print(f"model> {reply}", markup=False, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Mount `tuneloop serve`."""
+    """Mount `serve`, `generate` and `chat`."""
     app.command("serve")(serve)
+    app.command()(generate)
+    app.command()(chat)

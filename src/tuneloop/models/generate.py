@@ -1,0 +1,164 @@
+"""Padding, prompt prefill and greedy decoding on any causal LM (base, adapter or merged).
+
+Generation is greedy, left-padded, length-sorted and stops at the template's end-of-turn
+token. The token prefix that all prompts share (chat template, system turn, instruction and
+label list) is run once per batch, not once per example: on a CPU, prompt prefill is the cost
+(benchmarks/eval_speed.py). Evaluation, the server's micro-batcher and `select` all decode
+with this module, so a served answer is the answer that was measured.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+
+from tuneloop.console import progress
+from tuneloop.errors import TuneloopError
+from tuneloop.models.tokens import encode_prompt, end_of_turn_id
+from tuneloop.records import Message
+
+
+def model_device(model) -> torch.device:
+    """The device of the model's (first) parameters: where its inputs must go."""
+    return next(model.parameters()).device
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], value: int, side: str = "right",
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as one (rows, longest) long tensor padded with `value`, and the 0/1 mask of
+    real tokens. side="left" for prompts that generation continues (every row then ends where
+    new tokens start); "right" for training and scoring."""
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), value, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, s in enumerate(seqs):
+        if len(s):
+            cols = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+            ids[r, cols] = torch.tensor(s)
+            mask[r, cols] = 1
+    return ids, mask
+
+
+def positions(attn: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only: with left padding, a row still starts at 0."""
+    return (attn.cumsum(-1) - 1).clamp(min=0)
+
+
+def cache_kwarg(model) -> str:
+    """transformers 5.x renamed `past_key_values` to `cache`; accept either generation."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def cache_of(output):
+    """The KV cache of a forward pass, under either name."""
+    return getattr(output, "cache", None) or output.past_key_values
+
+
+def stop_ids(tok, strict: bool = True) -> list[int]:
+    """The template's end-of-turn token and EOS: the tokens that end a reply.
+
+    strict=False: a template without an end-of-turn marker stops at EOS alone (the server
+    answers anyway) instead of raising TuneloopError.
+    """
+    try:
+        eot = end_of_turn_id(tok)
+    except TuneloopError:
+        if strict:
+            raise
+        eot = None
+    return sorted({eot, tok.eos_token_id} - {None})
+
+
+def common_prefix_len(seqs: Sequence[list[int]]) -> int:
+    """Tokens every prompt starts with (template, system turn, instruction), leaving each
+    prompt at least one token of its own."""
+    if not seqs:
+        return 0
+    n, first = min(len(q) for q in seqs) - 1, seqs[0]
+    for q in seqs[1:]:
+        k = 0
+        while k < n and q[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def prefill(model, seqs: list[list[int]], shared: int, pad: int, dev):
+    """Run a batch of prompts: their shared prefix once (batch 1, cache repeated per row), then
+    the left-padded remainders. Returns last logits, cache, attention mask, next positions."""
+    b = len(seqs)
+    ids, attn = pad_batch([q[shared:] for q in seqs], pad, "left")
+    ids, attn = ids.to(dev), attn.to(dev)
+    extra = {}
+    if shared:
+        pre = model(input_ids=torch.tensor([seqs[0][:shared]], device=dev), use_cache=True,
+                    logits_to_keep=1)
+        cache = cache_of(pre)
+        cache.batch_repeat_interleave(b)
+        extra = {cache_kwarg(model): cache}
+        attn = torch.cat([torch.ones(b, shared, dtype=attn.dtype, device=dev), attn], dim=1)
+    # Positions count real tokens only, so padding between prefix and remainder is invisible.
+    pos = positions(attn)[:, shared:]
+    # logits_to_keep=1: only the last position's logits are needed from a prompt pass.
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                logits_to_keep=1, **extra)
+    return out.logits[:, -1].float(), cache_of(out), attn, pos[:, -1:] + 1
+
+
+def greedy_ids(model, seqs: list[list[int]], shared: int, pad: int, dev, stop: list[int],
+               max_new_tokens: int) -> torch.Tensor:
+    """Greedy decoding of a batch with the KV cache; finished rows emit pad. (b, steps) ids."""
+    logits, cache, attn, pos = prefill(model, seqs, shared, pad, dev)
+    stop_t = torch.tensor(stop, device=dev)
+    done = torch.zeros(len(seqs), dtype=torch.bool, device=dev)
+    steps = []
+    kw = cache_kwarg(model)
+    for step in range(max_new_tokens):
+        nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
+        steps.append(nxt)
+        done |= torch.isin(nxt, stop_t)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
+                    use_cache=True, **{kw: cache})
+        logits, cache, pos = out.logits[:, -1].float(), cache_of(out), pos + 1
+    return torch.stack(steps, dim=1).cpu()
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: Sequence[list[Message]], max_new_tokens: int = 64,
+             batch_size: int = 8, quiet: bool = True) -> list[str]:
+    """Greedy completions for many conversations at once (left padding, KV cache)."""
+    texts, _ = generate_with_counts(model, tok, prompts, max_new_tokens, batch_size, quiet)
+    return texts
+
+
+@torch.no_grad()
+def generate_with_counts(model, tok, prompts: Sequence[list[Message]], max_new_tokens: int = 64,
+                         batch_size: int = 8, quiet: bool = True) -> tuple[list[str], list[int]]:
+    """generate(), plus the number of new tokens each completion used (for cost reports)."""
+    stop = stop_ids(tok)
+    encoded = [encode_prompt(tok, m) for m in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    shared = common_prefix_len(encoded)
+    results: list[str] = [""] * len(encoded)
+    counts: list[int] = [0] * len(encoded)
+    dev = model_device(model)
+    pad = tok.pad_token_id
+    with progress(quiet) as bar:
+        task = bar.add_task("generate", total=len(encoded))
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            new = greedy_ids(model, [encoded[i] for i in idx], shared, pad, dev, stop,
+                             max_new_tokens)
+            for r, i in enumerate(idx):
+                row = new[r].tolist()
+                cut = next((k for k, t in enumerate(row) if t in stop), len(row))
+                results[i] = tok.decode(row[:cut], skip_special_tokens=True).strip()
+                counts[i] = min(cut + 1, len(row))
+            bar.advance(task, len(idx))
+    return results, counts
