@@ -35,7 +35,8 @@ def main() -> None:
 
     from tuneloop.config import load_config
     from tuneloop.data.load import load_splits
-    from tuneloop.evaluate.runner import generate, score_choices, score_choices_naive
+    from tuneloop.evaluate.runner import score_choices, score_choices_naive
+    from tuneloop.models.generate import generate
     from tuneloop.models.load import choose_placement, load_model, load_tokenizer, resolve_model
     from tuneloop.models.tokens import encode_prompt, end_of_turn_id, ensure_template
 

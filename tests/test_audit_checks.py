@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 from tuneloop.config import parse_config
-from tuneloop.data.audit import AuditOptions, run_audit
+from tuneloop.data.audit import run_audit
 from tuneloop.data.audit.dedup import near_pairs
 from tuneloop.data.audit.hygiene import hygiene_findings
 from tuneloop.data.audit.pii import find_pii, iban_ok, luhn_ok, redact
 from tuneloop.data.audit.score import epochs_for, recommend, score
 
-FAST = AuditOptions(embeddings=False)
 LONG = ("the quick brown fox jumps over the lazy dog while the farmer watches from "
         "his old wooden porch and drinks a cup of tea")
 
@@ -27,7 +26,7 @@ def checks(report):
 
 def run(path, **kw):
     cfg = parse_config({"data": {"train": str(path)}, **kw})
-    return run_audit(path, cfg, opts=FAST)
+    return run_audit(path, cfg, embeddings=False)
 
 
 def test_near_pairs_are_reverified_by_true_jaccard():
@@ -66,13 +65,13 @@ def test_leakage_exact_near_and_ngram(tmp_path):
         {"prompt": " ".join(f"w{i}" for i in range(14)), "completion": "y"},
     ])
     cfg = parse_config({"data": {"train": str(train), "test": str(test)}})
-    f = checks(run_audit(train, cfg, opts=FAST))
+    f = checks(run_audit(train, cfg, embeddings=False))
     assert f["leakage.exact"].ids == ["1"] and f["leakage.near"].ids == ["2"]
     assert f["leakage.ngram"].ids == ["3"]
     assert f["leakage.exact"].evidence["pairs"] == [{"id": "1", "other_id": "1"}]
     # --against works the same without a config entry.
     cfg2 = parse_config({"data": {"train": str(train)}})
-    f2 = checks(run_audit(train, cfg2, against=[test], opts=FAST))
+    f2 = checks(run_audit(train, cfg2, against=[test], embeddings=False))
     assert f2["leakage.exact"].ids == ["1"]
 
 
@@ -88,7 +87,7 @@ def test_lengths_with_a_real_tokenizer_and_trivial_answers(tmp_path):
         {"prompt": "what now", "completion": "N/A"},
     ])
     cfg = parse_config({"data": {"train": str(p)}, "model": {"max_seq_len": 64}})
-    r = run_audit(p, cfg, opts=FAST, tokenizer=tok)
+    r = run_audit(p, cfg, embeddings=False, tokenizer=tok)
     f = checks(r)
     assert f["lengths.truncated"].ids == ["2"]
     assert f["lengths.distribution"].evidence["unit"] == "tokens"

@@ -7,10 +7,9 @@ import json
 import pytest
 
 from tuneloop.config import parse_config
-from tuneloop.data.audit import AuditOptions, run_audit
+from tuneloop.data.audit import run_audit
 from tuneloop.errors import TuneloopError
 
-FAST = AuditOptions(embeddings=False)
 
 
 def chat(user: str, answer: str, **extra) -> str:
@@ -20,7 +19,7 @@ def chat(user: str, answer: str, **extra) -> str:
 
 def audit(path, **data):
     cfg = parse_config({"data": {"train": str(path), **data}})
-    return run_audit(path, cfg, opts=FAST)
+    return run_audit(path, cfg, embeddings=False)
 
 
 def by_check(report):

@@ -66,13 +66,14 @@ def test_embed_is_normalised_and_semantic():
 
 def test_semantic_duplicates_in_a_full_audit(tmp_path):
     from tuneloop.config import parse_config
-    from tuneloop.data.audit import AuditOptions, run_audit
+    from tuneloop.data.audit import run_audit
 
     p = tmp_path / "d.csv"
     p.write_text("text,label\nMy card still has not arrived.,card\n"
                  "My card has still not arrived,card\nWhat is today's exchange rate?,rate\n"
                  "How do I close my account?,close\n")
-    cfg = parse_config({"data": {"train": str(p)}, "task": {"type": "classification"}})
-    r = run_audit(p, cfg, opts=AuditOptions(semantic_threshold=0.9))
+    cfg = parse_config({"data": {"train": str(p)}, "task": {"type": "classification"},
+                        "audit": {"semantic_threshold": 0.9}})
+    r = run_audit(p, cfg)
     f = {x.check: x for x in r.findings}
     assert f["duplicates.semantic"].ids == ["1", "2"]

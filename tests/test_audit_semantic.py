@@ -12,8 +12,8 @@ from tuneloop.data.audit.dedup import duplicate_findings, semantic_pairs
 from tuneloop.data.audit.labels import out_of_fold_probs, suspect_indices
 from tuneloop.data.audit.leakage import leakage_findings
 from tuneloop.data.audit.records import Record
-from tuneloop.records import Example, Message
 from tuneloop.errors import TuneloopError
+from tuneloop.records import Example, Message
 
 
 def rec(rid: str, text: str) -> Record:

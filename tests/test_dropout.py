@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tuneloop.config import MethodConfig
-from tuneloop.train.cpu.dropout import FastDropout, keep_mask, use_fast_lora_dropout
+from tuneloop.train.cpu.dropout import FastDropout, keep_mask
+from tuneloop.train.cpu.fused_lora import LORA_LAYERS, FusedLoraLinear
 from tuneloop.train.methods import wrap
 
 
@@ -43,15 +44,18 @@ def test_autocast_applies_mask_in_compute_dtype():
         assert d(torch.randn(8, 8)).dtype == torch.bfloat16
 
 
-def test_swaps_every_lora_dropout(tiny_model):
+def test_fused_lora_layers_build_fast_dropout(tiny_model):
+    """peft builds FusedLoraLinear through its dispatch; each adapter's dropout is FastDropout."""
     from transformers import AutoModelForCausalLM
 
-    model = wrap(AutoModelForCausalLM.from_pretrained(tiny_model), MethodConfig(dropout=0.1))
-    n = use_fast_lora_dropout(model)
-    assert n > 0 and n == sum(isinstance(m, FastDropout) for m in model.modules())
+    model = wrap(AutoModelForCausalLM.from_pretrained(tiny_model), MethodConfig(dropout=0.1), LORA_LAYERS)
+    layers = [m for m in model.modules() if isinstance(m, FusedLoraLinear)]
+    drops = [m for m in model.modules() if isinstance(m, FastDropout)]
+    assert layers and len(drops) == len(layers)
+    assert all(d.p == pytest.approx(0.1, abs=1 / 65536) for d in drops)
     assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
-    none = wrap(AutoModelForCausalLM.from_pretrained(tiny_model), MethodConfig(dropout=0.0))
-    assert use_fast_lora_dropout(none) == 0
+    none = wrap(AutoModelForCausalLM.from_pretrained(tiny_model), MethodConfig(dropout=0.0), LORA_LAYERS)
+    assert not any(isinstance(m, FastDropout) for m in none.modules())
 
 
 @pytest.mark.parametrize("levels", [1, 3277, 65535])

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from tuneloop.records import Example, Message
 from tuneloop.evaluate.runner import (
-    generate,
     perplexity_bpb,
     score_choices,
     score_choices_naive,
     target_nll,
 )
+from tuneloop.models.generate import generate
+from tuneloop.records import Example, Message
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from tuneloop.config import parse_config
 from tuneloop.data.commands import register
 from tuneloop.data.fix import fix_file
-from tuneloop.records import Example, Message
 from tuneloop.data.split import grouped_split, train_validation_split
 from tuneloop.errors import TuneloopError
+from tuneloop.records import Example, Message
 
 LONG = ("the quick brown fox jumps over the lazy dog while the farmer watches from "
         "his old wooden porch and drinks a cup of tea")

@@ -6,26 +6,43 @@ import pytest
 import torch
 
 from tuneloop.config import MethodConfig
-from tuneloop.train.cpu.dropout import use_fast_lora_dropout
-from tuneloop.train.cpu.fused_lora import use_fused_lora
+from tuneloop.train.cpu.dropout import FastDropout
+from tuneloop.train.cpu.fused_lora import LORA_LAYERS, FusedLoraLinear
 from tuneloop.train.methods import wrap
 
 
-def _pair(tiny_model, dropout: float):
-    """Two copies of one LoRA model (B made non-zero so every gradient is), the second fused."""
+def _models(tiny_model, method: MethodConfig, with_fast_dropout: bool = True):
+    """Peft's own LoRA model and the same weights in FusedLoraLinear layers (built by peft's dispatch).
+
+    The reference gets FastDropout too (the fused layer draws its masks from the same generator in
+    the same order), so dropout runs compare mask for mask.
+    """
+    from peft.tuners.lora.layer import Linear as PeftLoraLinear
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    peft = wrap(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
-                MethodConfig(dropout=dropout))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    peft = wrap(copy.deepcopy(base), method)
+    fused = wrap(base, method, LORA_LAYERS)
     for name, p in peft.named_parameters():
-        if "lora_B" in name:
+        if "lora_B" in name:  # non-zero, so every gradient is
             torch.nn.init.normal_(p, std=0.02)
-    use_fast_lora_dropout(peft)
-    fused = copy.deepcopy(peft)
-    n_lora = sum(type(m).__name__ == "Linear" and hasattr(m, "lora_A") for m in fused.modules())
-    assert use_fused_lora(fused) == n_lora > 0
+    fused.load_state_dict(peft.state_dict())
+    if with_fast_dropout:
+        for m in peft.modules():
+            if isinstance(m, PeftLoraLinear):
+                for k, d in list(m.lora_dropout.items()):
+                    if isinstance(d, torch.nn.Dropout) and d.p > 0:
+                        m.lora_dropout[k] = FastDropout(d.p)
+    n_lora = sum(isinstance(m, PeftLoraLinear) for m in peft.modules())
+    assert sum(isinstance(m, FusedLoraLinear) for m in fused.modules()) == n_lora > 0
+    assert not any(isinstance(m, FusedLoraLinear) for m in peft.modules())
     return peft.train(), fused.train()
+
+
+def _pair(tiny_model, dropout: float):
+    """Two copies of one LoRA model, the second fused."""
+    return _models(tiny_model, MethodConfig(dropout=dropout))
 
 
 def _loss_and_grads(model, ids, autocast: bool):
@@ -72,16 +89,10 @@ def test_eval_and_no_grad_use_peft_forward(tiny_model):
 
 def test_dora_keeps_peft_forward(tiny_model):
     """DoRA rescales by the weight norm; its layers are left to peft, so training matches peft."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    dora = wrap(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
-                MethodConfig(name="dora", dropout=0.0))
-    fused = copy.deepcopy(dora)
-    use_fused_lora(fused)
+    dora, fused = _models(tiny_model, MethodConfig(name="dora", dropout=0.0))
     ids = torch.randint(3, dora.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(2))
-    want_loss, want = _loss_and_grads(dora.train(), ids, False)
-    got_loss, got = _loss_and_grads(fused.train(), ids, False)
+    want_loss, want = _loss_and_grads(dora, ids, False)
+    got_loss, got = _loss_and_grads(fused, ids, False)
     assert torch.equal(got_loss, want_loss)
     assert all(torch.equal(got[n], want[n]) for n in want)
 
@@ -101,10 +112,11 @@ def test_trainable_base_bias_keeps_peft_forward(tiny_model):
 
 def test_gradient_checkpointing_redraws_the_same_masks(tiny_model):
     """Recomputed layers restore the RNG, so the fused dropout masks and gradients are unchanged."""
-    from tuneloop.train.cpu.prepare import prepare_cpu_model
+    from tuneloop.models.load import Placement
+    from tuneloop.train.cpu.prepare import cpu_kernels
 
     _, fused = _pair(tiny_model, 0.3)
-    prepare_cpu_model(fused, "fp32")  # fused LoRA and lean norm/MLP, as the loop on CPU
+    cpu_kernels("llama", Placement("cpu", "fp32"), "auto").attach(fused)  # and lean norm/MLP
     ids = torch.randint(3, fused.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(4))
     want_loss, want = _loss_and_grads(fused, ids, False)
     fused.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

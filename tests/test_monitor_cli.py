@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from test_retrain_gate import log_traffic, project, trained  # noqa: F401 (fixtures)
 from tuneloop.cli import app
-from tuneloop.serve.store import TrafficStore, store_url
 from tuneloop.registry.registry import Registry
+from tuneloop.serve.store import TrafficStore, store_url
 
 runner = CliRunner()
 

@@ -7,7 +7,7 @@ from tuneloop.models.tokens import IGNORE, Encoded
 from tuneloop.train.batches import collate
 from tuneloop.train.loss import TargetLoss
 from tuneloop.train.methods import wrap
-from tuneloop.train.packing import ATTENTION, collate_packed, use_packed_attention
+from tuneloop.train.packing import ATTENTION, attention_of, collate_packed, use_packed_attention
 
 
 def _items(vocab: int, lengths: list[int]) -> list[Encoded]:
@@ -36,7 +36,7 @@ def test_packed_and_unpacked_give_the_same_per_example_loss(tiny_model):
     # (a block-diagonal mask built from the restarting position_ids) and packed_sdpa (one
     # causal attention per example, from cu_seq_lens_q).
     assert torch.allclose(loss.per_token(model, packed), alone, atol=1e-4)
-    assert use_packed_attention(model, 64) and model.config._attn_implementation == ATTENTION
+    assert use_packed_attention(model, 64) and attention_of(model) == ATTENTION
     assert torch.allclose(loss.per_token(model, packed), alone, atol=1e-4)
     # Unpacked calls on the switched model still get their masks: a left-padded row (as in
     # generation) gives the example's own loss only if the padding is masked out.

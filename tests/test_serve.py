@@ -18,11 +18,11 @@ from safetensors.torch import load_file, save_file
 
 from test_registry import trained_run
 from tuneloop.errors import TuneloopError
-from tuneloop.serve.store import TrafficStore
 from tuneloop.registry.registry import Registry
 from tuneloop.serve.app import ServeSettings, create_app
 from tuneloop.serve.engine import ModelPool, Params
 from tuneloop.serve.guard import check_bind
+from tuneloop.serve.store import TrafficStore
 
 MSG = [{"role": "system", "content": "Answer briefly."},
        {"role": "user", "content": "where is my card, it has not arrived"}]

@@ -1,9 +1,9 @@
 import pytest
 
-from tuneloop.records import Example, Message
 from tuneloop.errors import TuneloopError
 from tuneloop.models.load import load_tokenizer
 from tuneloop.models.tokens import IGNORE, encode, encode_all, end_of_turn_id
+from tuneloop.records import Example, Message
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from tuneloop.config import load_config
-from tuneloop.train import recipe as loop_mod
+from tuneloop.train import progress
 from tuneloop.train.recipe import train
 
 
@@ -42,14 +42,36 @@ def test_each_method_lowers_loss_on_a_repeated_batch(tiny_project, method, lr):
 
 
 def _interrupt_at(monkeypatch, step: int, exc: type[BaseException]):
-    real = loop_mod._Logger.write
+    """Raise `exc` right after step `step` is logged: between steps."""
+    real = progress.MetricsLog.write
 
     def write(self, rec):
         real(self, rec)
         if rec.get("step") == step and "loss" in rec:
             raise exc("simulated interruption")
 
-    monkeypatch.setattr(loop_mod._Logger, "write", write)
+    monkeypatch.setattr(progress.MetricsLog, "write", write)
+
+
+def _interrupt_inside(monkeypatch, step: int, micro: int, ga: int) -> list[int]:
+    """Raise KeyboardInterrupt in the forward of micro-batch `micro` (1-based) of step `step`.
+
+    By then the step's earlier micro-batches have drawn dropout masks and left gradients
+    behind; returns a list that records each training forward (validation runs without grad).
+    """
+    from tuneloop.train.loss import TargetLoss
+
+    real, calls = TargetLoss.__call__, []
+
+    def call(self, model, batch):
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == (step - 1) * ga + micro:
+                raise KeyboardInterrupt("simulated Ctrl-C inside a step")
+        return real(self, model, batch)
+
+    monkeypatch.setattr(TargetLoss, "__call__", call)
+    return calls
 
 
 @pytest.mark.parametrize("exc,at", [(KeyboardInterrupt, 7), (RuntimeError, 8)])
@@ -70,6 +92,50 @@ def test_resume_reaches_the_same_final_metrics(tiny_project, monkeypatch, exc, a
     a = load_file(str(full_run / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def _interrupt_after_update(monkeypatch, step: int) -> list[int]:
+    """Raise KeyboardInterrupt once step `step`'s update is applied, before the loop records it."""
+    from tuneloop.train import step as step_mod
+
+    calls = []
+
+    def release():
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt("simulated Ctrl-C after the optimizer step")
+
+    monkeypatch.setattr(step_mod, "release_freed_memory", release)
+    return calls
+
+
+@pytest.mark.parametrize("where", ["second_forward", "after_update"])
+def test_interrupt_inside_a_step_resumes_bit_for_bit(tiny_project, monkeypatch, where):
+    """Ctrl-C inside step 7: the resumed run gives exactly the uninterrupted run's numbers."""
+    # second_forward: dropout on and 2 micro-batches per step, so the replay must restore the RNG
+    # of the step's start (the first micro-batch already drew its masks) and drop its
+    # half-summed gradients; a checkpoint at step 6 is written. after_update: the weights have
+    # moved but step 7 is not recorded, so no checkpoint may be written; step 5's is resumed.
+    base = ["method.dropout=0.1", "train.grad_accum=2", "train.batch_size=2", "train.save_every=5",
+            "train.max_steps=10", "model.device=cpu"]
+    full_run, full = train(load_config(tiny_project, base + ["output.name=full"]), quiet=True)
+    cfg = load_config(tiny_project, base + ["output.name=cut"])
+    if where == "second_forward":
+        calls, expected = _interrupt_inside(monkeypatch, step=7, micro=2, ga=2), 6 * 2 + 2
+    else:
+        calls, expected = _interrupt_after_update(monkeypatch, step=7), 7
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, quiet=True)
+    monkeypatch.undo()
+    assert len(calls) == expected  # it did stop inside step 7
+    ckpts = sorted(p.name for p in (tiny_project.parent / "runs" / "cut" / "checkpoints").iterdir())
+    assert ckpts == (["step-0000005", "step-0000006"] if where == "second_forward" else ["step-0000005"])
+    run, resumed = train(cfg, resume=cfg.output.dir + "/cut", quiet=True)
+    assert _losses(run) == _losses(full_run)  # bit for bit: same floats, same count
+    assert (resumed["train_loss"], resumed["val_loss"]) == (full["train_loss"], full["val_loss"])
+    a = load_file(str(full_run / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_same_seed_same_metrics(tiny_project):

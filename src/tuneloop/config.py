@@ -122,6 +122,19 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute each layer's activations in the backward pass: far less "
                            "memory for about a third more compute.")
+    cpu_kernels: Literal["auto", "off"] = Field(
+        "auto", description="auto: on CPU, train listed architectures (Llama, Mistral, Qwen2/3, "
+                            "Gemma 3) with tuneloop's kernels (fused LoRA, lean RMSNorm/SwiGLU, "
+                            "packed-attention backward, cheaper dropout, frozen weights in bf16); "
+                            "off: plain peft + transformers.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _off_is_not_false(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false; `cpu_kernels: off` means "off".
+        if isinstance(data, dict) and data.get("cpu_kernels") is False:
+            data = {**data, "cpu_kernels": "off"}
+        return data
 
 
 class EvalConfig(_Section):
@@ -183,16 +196,32 @@ class RetrainConfig(_Section):
 
 
 class AuditConfig(_Section):
-    """`tuneloop data audit` thresholds that the command line does not set."""
+    """`tuneloop data audit | fix | split` thresholds: the one place they are set.
 
+    The defaults suit 100-10,000 short records; the command-line flags of the same names
+    override them for one run.
+    """
+
+    near_threshold: float = Field(0.7, ge=0.0, le=1.0,
+                                  description="Word 5-gram Jaccard at which two inputs are near duplicates.")
+    semantic_threshold: float = Field(
+        0.95, ge=0.0, le=1.0, description="MiniLM cosine at which two inputs are paraphrase duplicates.")
     semantic_min_cosine: float = Field(
         0.8, ge=0.0, le=1.0,
-        description="Semantic duplicates: besides MiniLM cosine >= --semantic-threshold (0.95) "
-                    "alone, a pair with at least this cosine whose words also overlap.")
+        description="Semantic duplicates: besides cosine >= semantic_threshold alone, a pair with "
+                    "at least this cosine whose words also overlap.")
     semantic_word_overlap: float = Field(
         0.7, ge=0.0, le=1.0,
         description="Word-set Jaccard that pair must share: a reworded copy keeps most of its "
                     "words, two users asking the same thing mostly do not.")
+    leak_semantic_threshold: float = Field(
+        0.75, ge=0.0, le=1.0,
+        description="MiniLM cosine to the nearest eval record for a reworded leak (it must also "
+                    "share leak_word_overlap of its words).")
+    leak_word_overlap: float = Field(
+        0.6, ge=0.0, le=1.0, description="Word-set Jaccard a reworded leak shares with that record.")
+    min_per_class: int = Field(10, ge=1, description="Fewer training examples of a label is a finding.")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations for near-duplicate search.")
 
 
 class Config(_Section):

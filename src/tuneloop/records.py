@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -66,3 +67,9 @@ def fingerprint(examples: list[Example]) -> str:
         h.update(json.dumps(d, sort_keys=True, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+def label_set(examples: Iterable[Example], declared: Sequence[str] | None = None) -> list[str]:
+    """A classification task's labels: the declared list (task.labels) when there is one,
+    else every label the examples carry, sorted."""
+    return list(declared or sorted({e.label for e in examples if e.label}))

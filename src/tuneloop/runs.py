@@ -11,32 +11,18 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import tuneloop
 from tuneloop.config import Config, load_config
 from tuneloop.errors import TuneloopError
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write temp, fsync, rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+# Transitional re-export: atomic writes live in tuneloop.files now. Delete this line once
+# train/recipe.py, train/calibrate.py, recipes/ and monitor/commands.py import from there.
+from tuneloop.files import atomic_write_text, write_json  # noqa: F401
+from tuneloop.models.load import chat_tokenizer, choose_placement, load_model, resolve_model
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -51,12 +37,13 @@ def new_run_dir(cfg: Config) -> Path:
 
 
 def environment(placement: Any) -> dict[str, Any]:
+    """Versions, platform and device of this run (environment.json)."""
+    # why: torch, transformers, peft and accelerate take seconds to import, and this module is
+    # imported when the CLI starts (via the registry); only a training run asks for versions.
     import accelerate
     import peft
     import torch
     import transformers
-
-    import tuneloop
 
     return {"tuneloop": tuneloop.__version__, "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__,
@@ -82,18 +69,14 @@ def read_summary(run: str | Path) -> dict[str, Any]:
 
 def load_run_model(run: str | Path, placement: Any = None):
     """Base model + the run's adapter (or its full weights), and its tokenizer, for inference."""
-    from tuneloop.models.load import choose_placement, load_model, load_tokenizer, resolve_model
-    from tuneloop.models.tokens import ensure_template
-
     run = Path(run)
     cfg = read_run_config(run)
     placement = placement or choose_placement(cfg.model.device, cfg.model.dtype)
-    tok = load_tokenizer(str(run / "tokenizer"))
-    ensure_template(tok)
+    tok = chat_tokenizer(str(run / "tokenizer"))
     if (run / "model").exists():
         model = load_model(str(run / "model"), placement)
     elif (run / "adapter").exists():
-        from peft import PeftModel
+        from peft import PeftModel  # why: as in environment(): the CLI's start stays light
 
         base = load_model(resolve_model(cfg.model.name), placement)
         model = PeftModel.from_pretrained(base, run / "adapter")

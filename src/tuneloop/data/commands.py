@@ -16,7 +16,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Audit, clean and split a data
 
 DataArg = Annotated[Path | None, typer.Argument(
     help="Data file (.jsonl/.csv/.tsv/.parquet); default: data.train of --config.")]
-NearOpt = Annotated[float, typer.Option(help="Word 5-gram Jaccard for near duplicates.")]
+NearOpt = Annotated[float | None, typer.Option(
+    help="Word 5-gram Jaccard for near duplicates (default: audit.near_threshold, 0.7).")]
 
 
 def _resolve(data: Path | None, config: Path | None, sets: list[str] | None,
@@ -33,12 +34,17 @@ def _resolve(data: Path | None, config: Path | None, sets: list[str] | None,
     return (Path(data) if data is not None else Path(cfg.data.train)), cfg
 
 
+def _audit_sets(sets: list[str] | None, **flags: float | None) -> list[str]:
+    """The threshold flags as `--set audit.KEY=VALUE` overrides: the config holds every threshold."""
+    return list(sets or []) + [f"audit.{k}={v}" for k, v in flags.items() if v is not None]
+
+
 def _tokenizer(cfg: Config) -> Any | None:
     from tuneloop.console import err
-    from tuneloop.models.load import load_tokenizer, resolve_model
+    from tuneloop.models.load import load_tokenizer_for
 
     try:
-        return load_tokenizer(resolve_model(cfg.model.name))
+        return load_tokenizer_for(cfg.model.name)[1]
     except (TuneloopError, OSError) as e:
         err.print(f"warning: no tokenizer for {cfg.model.name!r} ({e}); lengths are in words",
                   highlight=False, markup=False)
@@ -53,14 +59,17 @@ def audit(
     json_out: Annotated[bool, typer.Option("--json", help="Print the JSON report only.")] = False,
     html: Annotated[Path | None, typer.Option(help="Write the HTML data card here.")] = None,
     md: Annotated[Path | None, typer.Option(help="Write the Markdown data card here.")] = None,
-    near_threshold: NearOpt = 0.7,
-    semantic_threshold: Annotated[float, typer.Option(
-        help="MiniLM cosine for paraphrase duplicates.")] = 0.95,
-    leak_threshold: Annotated[float, typer.Option(
+    near_threshold: NearOpt = None,
+    semantic_threshold: Annotated[float | None, typer.Option(
+        help="MiniLM cosine for paraphrase duplicates (default: audit.semantic_threshold, 0.95).")]
+    = None,
+    leak_threshold: Annotated[float | None, typer.Option(
         help="MiniLM cosine to the nearest eval/--against record for a reworded leak (it must "
-             "also share --leak-overlap of its words).")] = 0.75,
-    leak_overlap: Annotated[float, typer.Option(
-        help="Word-set Jaccard a reworded leak must share with that record.")] = 0.6,
+             "also share --leak-overlap of its words; default: audit.leak_semantic_threshold, "
+             "0.75).")] = None,
+    leak_overlap: Annotated[float | None, typer.Option(
+        help="Word-set Jaccard a reworded leak must share with that record (default: "
+             "audit.leak_word_overlap, 0.6).")] = None,
     embeddings: Annotated[bool, typer.Option(
         help="MiniLM checks: semantic duplicates, mislabels, outliers.")] = True,
     model: Annotated[bool, typer.Option(
@@ -69,14 +78,13 @@ def audit(
 ) -> None:
     """Show what is wrong with a data set; exit 1 when any error-severity finding exists."""
     from tuneloop.console import out, print_json
-    from tuneloop.data.audit import AuditOptions, card, run_audit
+    from tuneloop.data.audit import card, run_audit
 
-    path, cfg = _resolve(data, config, sets)
-    opts = AuditOptions(near_threshold=near_threshold, semantic_threshold=semantic_threshold,
-                        leak_semantic_threshold=leak_threshold, leak_word_overlap=leak_overlap,
-                        embeddings=embeddings, seed=cfg.seed)
+    path, cfg = _resolve(data, config, _audit_sets(
+        sets, near_threshold=near_threshold, semantic_threshold=semantic_threshold,
+        leak_semantic_threshold=leak_threshold, leak_word_overlap=leak_overlap))
     tok = _tokenizer(cfg) if model else None
-    report = run_audit(path, cfg, against or [], opts, tok, progress=not (quiet or json_out))
+    report = run_audit(path, cfg, against or [], tok, embeddings, progress=not (quiet or json_out))
     if html:
         html.write_text(card.to_html(report), encoding="utf-8")
     if md:
@@ -97,15 +105,15 @@ def fix(
     output: Annotated[Path, typer.Option("--output", "-o", help="Cleaned copy to write.")] = ...,
     config: ConfigOpt = None, sets: SetOpt = None,
     redact: Annotated[bool, typer.Option(help="Mask PII (e-mails, cards, ...).")] = False,
-    near_threshold: NearOpt = 0.7,
+    near_threshold: NearOpt = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Write a cleaned copy and a log of every change; the input is never touched."""
     from tuneloop.console import out, print_json
     from tuneloop.data.fix import fix_file
 
-    path, cfg = _resolve(data, config, sets)
-    r = fix_file(path, output, cfg, redact, near_threshold)
+    path, cfg = _resolve(data, config, _audit_sets(sets, near_threshold=near_threshold))
+    r = fix_file(path, output, cfg, redact)
     summary = {"records": r.records, "kept": r.kept, "dropped": r.dropped,
                "redacted": r.redacted, "output": str(r.out), "log": str(r.log)}
     if json_out:
@@ -122,16 +130,16 @@ def split(
         "--output", "-o", help="Folder for train/validation/test; default <name>_splits.")] = None,
     fractions: Annotated[str, typer.Option(help="train,validation,test shares.")] = "0.8,0.1,0.1",
     seed: Annotated[int | None, typer.Option(help="Default: the config's seed.")] = None,
-    near_threshold: NearOpt = 0.7,
+    near_threshold: NearOpt = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Stratified 3-way split that keeps each near-duplicate cluster inside one split."""
     from tuneloop.console import out, print_json
     from tuneloop.data.audit.records import read_set
-    from tuneloop.data.fix import _write
+    from tuneloop.data.fix import write_records
     from tuneloop.data.split import grouped_split
 
-    path, cfg = _resolve(data, config, sets)
+    path, cfg = _resolve(data, config, _audit_sets(sets, near_threshold=near_threshold))
     try:
         fr = tuple(float(x) for x in fractions.split(","))
     except ValueError:
@@ -144,14 +152,14 @@ def split(
     recs = read_set(path, cfg.data, cfg.task).valid
     if not recs:
         raise TuneloopError(f"{path}: no valid records to split; run `tuneloop data audit`")
-    groups = duplicate_groups(recs, near_threshold)
+    groups = duplicate_groups(recs, cfg.audit.near_threshold, cfg.audit.num_perm)
     by_example = {id(r.example): r for r in recs}
     parts = grouped_split([r.example for r in recs], fr, cfg.seed if seed is None else seed,
                           groups)
     folder = output or Path(f"{path.stem}_splits")
     counts = {}
     for name, exs in zip(("train", "validation", "test"), parts, strict=True):
-        _write([by_example[id(e)].data or {} for e in exs], folder / f"{name}{path.suffix}")
+        write_records([by_example[id(e)].data or {} for e in exs], folder / f"{name}{path.suffix}")
         counts[name] = len(exs)
     result = {**counts, "clusters_kept_together": len(groups), "output": str(folder)}
     if json_out:

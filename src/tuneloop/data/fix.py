@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from tuneloop.config import Config
-from tuneloop.data.audit.conflicts import _differ
+from tuneloop.data.audit.conflicts import differ
 from tuneloop.data.audit.dedup import duplicate_groups
 from tuneloop.data.audit.lengths import TRIVIAL
 from tuneloop.data.audit.pii import find_pii, redact
@@ -20,6 +21,7 @@ from tuneloop.data.audit.records import Record, read_set
 from tuneloop.data.audit.text import normalise
 from tuneloop.data.io import file_kind
 from tuneloop.errors import TuneloopError
+from tuneloop.files import replacing
 
 
 @dataclass
@@ -63,7 +65,7 @@ def _drops(recs: list[Record], near_threshold: float, classification: bool,
                 continue
             # A near-same input with a different label is a conflict, not a duplicate: keep
             # both so a person decides (the audit reports it as an error).
-            same = next((k for k in kept if not _differ(recs[k], recs[i])), None)
+            same = next((k for k in kept if not differ(recs[k], recs[i])), None)
             if same is None:
                 kept.append(i)
                 continue
@@ -72,38 +74,29 @@ def _drops(recs: list[Record], near_threshold: float, classification: bool,
     return drops
 
 
-def _write(rows: list[dict[str, Any]], out: Path) -> None:
-    """Write rows in the format the output suffix names, atomically (temp file, then rename)."""
+def write_records(rows: list[dict[str, Any]], out: Path) -> None:
+    """Write rows in the format the output suffix names (JSONL, CSV, TSV, Parquet), atomically."""
     kind = file_kind(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    try:
+    with replacing(out) as tmp:
         if kind == "parquet":
-            os.close(fd)
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
             pq.write_table(pa.Table.from_pylist(rows), tmp)
         else:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                if kind == "jsonl":
-                    for r in rows:
-                        f.write(json.dumps(r, ensure_ascii=False) + "\n")
-                else:
-                    header = list(dict.fromkeys(k for r in rows for k in r))
-                    w = csv.DictWriter(f, header, delimiter="\t" if kind == "tsv" else ",")
-                    w.writeheader()
-                    w.writerows(rows)
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                _write_text_rows(f, rows, kind)
 
 
-def fix_file(path: str | Path, out: str | Path, cfg: Config, redact_pii: bool = False,
-             near_threshold: float = 0.7) -> FixResult:
+def _write_text_rows(f, rows: list[dict[str, Any]], kind: str) -> None:
+    if kind == "jsonl":
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    else:
+        header = list(dict.fromkeys(k for r in rows for k in r))
+        w = csv.DictWriter(f, header, delimiter="\t" if kind == "tsv" else ",")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def fix_file(path: str | Path, out: str | Path, cfg: Config, redact_pii: bool = False) -> FixResult:
     """Clean `path` into `out` and log every dropped or changed record to <out>.fixlog.jsonl."""
     path, out = Path(path), Path(out)
     if out.resolve() == path.resolve():
@@ -116,7 +109,7 @@ def fix_file(path: str | Path, out: str | Path, cfg: Config, redact_pii: bool = 
     valid = aset.valid
     classification = cfg.task.type == "classification" or (
         bool(valid) and all(r.label is not None for r in valid))
-    drops = _drops(valid, near_threshold, classification)
+    drops = _drops(valid, cfg.audit.near_threshold, classification)
     rows, redacted = [], 0
     for i, rec in enumerate(valid):
         if i in drops:
@@ -135,7 +128,7 @@ def fix_file(path: str | Path, out: str | Path, cfg: Config, redact_pii: bool = 
             data = new
         rows.append(data)
     seen = {e["id"] for e in log if e["action"] == "drop"}
-    _write(rows, out)
+    write_records(rows, out)
     lp = log_path(out)
     with open(lp, "w", encoding="utf-8") as f:
         for e in sorted(log, key=lambda e: e["line"]):

@@ -8,9 +8,9 @@ from pathlib import Path
 from tuneloop.config import Config, DataConfig, TaskConfig
 from tuneloop.data.formats import Normaliser, RecordError
 from tuneloop.data.io import read_rows
-from tuneloop.records import Example
 from tuneloop.data.split import train_validation_split
 from tuneloop.errors import TuneloopError
+from tuneloop.records import Example
 
 
 @dataclass

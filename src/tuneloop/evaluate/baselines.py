@@ -13,10 +13,13 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
 from tuneloop.config import DEFAULT_CLASSIFY_TEMPLATE, TaskConfig
 from tuneloop.data.formats import fill_template
-from tuneloop.records import Example, Message
+from tuneloop.errors import TuneloopError
+from tuneloop.models.embed import embed
+from tuneloop.records import Example, Message, label_set
 
 
 def raw_input(ex: Example, task: TaskConfig) -> str:
@@ -51,8 +54,6 @@ def prompted(ex: Example, task: TaskConfig) -> list[Message]:
 
 def retrieve(queries: Sequence[str], pool: Sequence[str], k: int) -> list[list[int]]:
     """Indices of the k most similar pool texts per query (MiniLM cosine), most similar last."""
-    from tuneloop.models.embed import embed
-
     if k <= 0 or not pool:
         return [[] for _ in queries]
     sims = embed(list(queries)) @ embed(list(pool)).T
@@ -83,12 +84,7 @@ def few_shot_prompts(examples: Sequence[Example], train: Sequence[Example], k: i
 def embedding_classifier(train: Sequence[Example], examples: Sequence[Example],
                          task: TaskConfig, seed: int = 0) -> tuple[list[str], np.ndarray, float]:
     """Predicted labels, class probabilities (columns in task.labels order) and seconds per example."""
-    from sklearn.linear_model import LogisticRegression
-
-    from tuneloop.models.embed import embed
-    from tuneloop.errors import TuneloopError
-
-    labels = list(task.labels or sorted({t.label for t in train if t.label}))
+    labels = label_set(train, task.labels)
     y = [t.label for t in train]
     if len(set(y)) < 2:
         raise TuneloopError("embedding_classifier needs at least two labels in the training set")

@@ -51,9 +51,9 @@ def eval_cmd(
 def _print_systems(res: dict) -> None:
     from rich.table import Table
 
-    from tuneloop.evaluate.report import _fmt, _metric_names
+    from tuneloop.evaluate.report import fmt_metric, metric_names
 
-    metrics = _metric_names(res)
+    metrics = metric_names(res)
     t = Table(title=f"{res['task']}: {res['examples']} {res['split']} examples "
                     "(value [95% CI])")
     t.add_column("system")
@@ -61,7 +61,7 @@ def _print_systems(res: dict) -> None:
         t.add_column(m, justify="right")
     t.add_column("s/example", justify="right")
     for name, s in res["systems"].items():
-        t.add_row(name, *(_fmt(s["metrics"].get(m)) for m in metrics),
+        t.add_row(name, *(fmt_metric(s["metrics"].get(m)) for m in metrics),
                   str(s["cost"].get("latency_s_per_example")))
     out.print(t)
     for c in res["comparisons"]:
@@ -108,7 +108,7 @@ def review_import(
     json_: JsonOpt = False,
 ) -> None:
     """Fold reviewers' ratings into the evaluation (shown by `tuneloop report`)."""
-    from tuneloop.evaluate.report import _fmt
+    from tuneloop.evaluate.report import fmt_metric
     from tuneloop.evaluate.review import import_review
 
     res = import_review(run, file)
@@ -116,7 +116,7 @@ def review_import(
         print_json(res)
         return
     for s, v in res["systems"].items():
-        out.print(f"{s}: mean rating {_fmt(v['mean_rating'])} (n={v['n']})")
+        out.print(f"{s}: mean rating {fmt_metric(v['mean_rating'])} (n={v['n']})")
 
 
 def register(app: typer.Typer) -> None:

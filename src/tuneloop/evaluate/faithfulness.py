@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
 _WORD = re.compile(r"\w+(?:[.,]\d+)*", re.UNICODE)
 
 
 def _content(text: str) -> list[str]:
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
     out = []
     for w in _WORD.findall(text):
         lw = w.lower()
@@ -52,7 +52,7 @@ def unsupported_terms(generated: str, source: str) -> list[str]:
 
 def nli_support(generated: Sequence[str], sources: Sequence[str], model_path: str) -> list[float]:
     """Entailment probability of each answer given its source, from a local NLI cross-encoder."""
-    from transformers import pipeline
+    from transformers import pipeline  # why: optional NLI judge; scoring never loads it otherwise
 
     clf = pipeline("text-classification", model=model_path, top_k=None, device="cpu")
     scores = []

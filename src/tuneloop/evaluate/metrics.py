@@ -6,13 +6,12 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 
 def classification_metrics(gold: Sequence[str], pred: Sequence[str],
                            labels: Sequence[str]) -> dict[str, float]:
     """Accuracy and macro-F1 over the label list (sklearn; labels absent from both count 0)."""
-    from sklearn.metrics import accuracy_score, f1_score
-
     return {"accuracy": float(accuracy_score(gold, pred)),
             "macro_f1": float(f1_score(gold, pred, labels=list(labels), average="macro",
                                        zero_division=0))}
@@ -21,8 +20,6 @@ def classification_metrics(gold: Sequence[str], pred: Sequence[str],
 def classification_details(gold: Sequence[str], pred: Sequence[str | None],
                            labels: Sequence[str]) -> dict:
     """Per-class precision/recall/F1/support and the confusion matrix (rows gold, cols pred)."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
     # A parse failure (None) is its own column so it is visible, not silently a label.
     fail = "<unparsed>"
     pred_s = [fail if p is None else p for p in pred]

@@ -6,16 +6,29 @@ confusion matrix, the worst errors with their inputs, human ratings, seed varian
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
 
-from tuneloop.evaluate.suite import read_eval
-from tuneloop.runs import atomic_write_text, write_json
+from tuneloop.errors import TuneloopError
+from tuneloop.evaluate.plots import confusion_png, curve_png, png_data_uri, systems_png
+from tuneloop.files import atomic_write_text, write_json
 
 
-def _fmt(m: dict | None) -> str:
+def read_eval(path: str | Path) -> tuple[dict, list[dict], Path]:
+    """eval.json and predictions from a run folder or an eval folder."""
+    p = Path(path)
+    d = p / "eval" if (p / "eval" / "eval.json").exists() else p
+    if not (d / "eval.json").exists():
+        raise TuneloopError(f"{p}: no eval.json; run `tuneloop eval {p}` first")
+    preds = []
+    if (d / "predictions.jsonl").exists():
+        preds = [json.loads(x) for x in (d / "predictions.jsonl").read_text().splitlines() if x]
+    return json.loads((d / "eval.json").read_text()), preds, d
+
+
+def fmt_metric(m: dict | None) -> str:
+    """A metric as `value [lo, hi]` (3 decimals), or n/a."""
     if not m or m.get("value") is None:
         return "n/a"
     lo, hi = m["ci"]
@@ -59,7 +72,8 @@ def build_report(run: str | Path, curve_dir: str | Path | None = None,
             "json": str(out / "report.json")}
 
 
-def _metric_names(result: dict) -> list[str]:
+def metric_names(result: dict) -> list[str]:
+    """Every metric any system of an eval result has, in first-seen order."""
     names: list[str] = []
     for s in result["systems"].values():
         names += [m for m in s["metrics"] if m not in names]
@@ -69,13 +83,13 @@ def _metric_names(result: dict) -> list[str]:
 def markdown(rep: dict) -> str:
     """The report as Markdown (tables + lists; no images)."""
     r = rep["eval"]
-    metrics = _metric_names(r)
+    metrics = metric_names(r)
     lines = [f"# Evaluation: {r['task']} ({r['examples']} {r['split']} examples, "
              f"model {r['model']})", "", "## Systems (value [95% CI])", "",
              "| system | " + " | ".join(metrics) + " |",
              "|---|" + "---|" * len(metrics)]
     for name, s in r["systems"].items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(s["metrics"].get(m)) for m in metrics)
+        lines.append(f"| {name} | " + " | ".join(fmt_metric(s["metrics"].get(m)) for m in metrics)
                      + " |")
     lines += ["", "## Comparisons (paired, same examples)", ""]
     lines += [f"- {c['verdict']} (diff {c['diff']:+.3f}, 95% CI [{c['ci'][0]:.3f}, "
@@ -92,11 +106,11 @@ def markdown(rep: dict) -> str:
     if rep.get("curve"):
         lines += ["", "## Learning curve", "", f"| train examples | {rep['curve']['metric']} |",
                   "|---|---|"]
-        lines += [f"| {p['train_examples']} | {_fmt(p['metrics'][rep['curve']['metric']])} |"
+        lines += [f"| {p['train_examples']} | {fmt_metric(p['metrics'][rep['curve']['metric']])} |"
                   for p in rep["curve"]["points"]]
     if rep.get("review"):
         lines += ["", "## Human review", ""]
-        lines += [f"- {s}: mean rating {_fmt(v['mean_rating'])} over {v['n']} ratings"
+        lines += [f"- {s}: mean rating {fmt_metric(v['mean_rating'])} over {v['n']} ratings"
                   for s, v in rep["review"]["systems"].items()]
     det = r.get("details", {})
     per = (det.get("finetuned") or next(iter(det.values()), {})).get("per_class")
@@ -114,18 +128,16 @@ def markdown(rep: dict) -> str:
 
 
 def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    return f'<img alt="{alt}" src="{png_data_uri(png)}">'
 
 
 def to_html(rep: dict) -> str:
     """Self-contained HTML: the Markdown sections as tables plus embedded PNG plots."""
-    from tuneloop.evaluate.plots import confusion_png, curve_png, systems_png
-
     r = rep["eval"]
-    metrics = _metric_names(r)
+    metrics = metric_names(r)
     e = html.escape
     rows = "".join(f"<tr><th>{e(n)}</th>" + "".join(
-        f"<td>{e(_fmt(s['metrics'].get(m)))}</td>" for m in metrics) + "</tr>"
+        f"<td>{e(fmt_metric(s['metrics'].get(m)))}</td>" for m in metrics) + "</tr>"
         for n, s in r["systems"].items())
     parts = [f"<h1>Evaluation: {e(r['task'])}</h1><p>{r['examples']} {e(r['split'])} examples;"
              f" model {e(r['model'])}; 95% bootstrap intervals.</p>",
@@ -151,7 +163,7 @@ def to_html(rep: dict) -> str:
                                                          "confusion"))
     if rep.get("review"):
         parts.append("<h2>Human review</h2><ul>" + "".join(
-            f"<li>{e(s)}: {e(_fmt(v['mean_rating']))} (n={v['n']})</li>"
+            f"<li>{e(s)}: {e(fmt_metric(v['mean_rating']))} (n={v['n']})</li>"
             for s, v in rep["review"]["systems"].items()) + "</ul>")
     who = e(rep.get("worst_errors_system", ""))
     parts.append(f"<h2>Worst errors ({who})</h2><table><tr><th>id</th><th>input</th>"

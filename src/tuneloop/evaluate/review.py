@@ -7,12 +7,14 @@ systems are shuffled within an example and named only by a code, so reviewers ra
 from __future__ import annotations
 
 import csv
+import json
 import random
 from pathlib import Path
 
 from tuneloop.errors import TuneloopError
-from tuneloop.evaluate.suite import read_eval
-from tuneloop.runs import write_json
+from tuneloop.evaluate.report import read_eval
+from tuneloop.evaluate.stats import mean_stat, metric_with_ci
+from tuneloop.files import write_json
 
 COLUMNS = ["item", "example_id", "system_code", "input", "reference", "output", "rating",
            "comment"]
@@ -55,8 +57,6 @@ def import_review(run: str | Path, file: str | Path) -> dict:
     keyf = d / "review" / "key.json"
     if not keyf.exists():
         raise TuneloopError(f"{d}: no review/key.json; run `tuneloop review export` first")
-    import json
-
     key = json.loads(keyf.read_text())
     per: dict[str, list[float]] = {}
     comments: list[dict] = []
@@ -80,8 +80,6 @@ def import_review(run: str | Path, file: str | Path) -> dict:
                                  "rating": r, "comment": row["comment"].strip()})
     if not per:
         raise TuneloopError(f"{file}: no ratings filled in (column 'rating', 1-5)")
-    from tuneloop.evaluate.stats import mean_stat, metric_with_ci
-
     summary = {s: {"n": len(v), "mean_rating": metric_with_ci(mean_stat(v), len(v))}
                for s, v in sorted(per.items())}
     res = {"file": str(file), "systems": summary, "comments": comments}

@@ -9,12 +9,24 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tuneloop.records import Example
+from tuneloop.evaluate.faithfulness import unsupported_rate
+from tuneloop.evaluate.metrics import classification_details, macro_f1_codes
 from tuneloop.evaluate.stats import mean_stat, metric_with_ci, ratio_stat
-from tuneloop.evaluate.systems import SystemOutput
+from tuneloop.evaluate.text_metrics import (
+    embedding_similarity,
+    exact_match,
+    references,
+    rouge_l,
+    token_f1,
+)
+from tuneloop.records import Example
+
+if TYPE_CHECKING:  # only an annotation here: PRIMARY stays importable without torch (select)
+    from tuneloop.evaluate.systems import SystemOutput
 
 PRIMARY = {"classification": "accuracy", "extraction": "f1", "generation": "rouge_l",
            "chat": "rouge_l"}
@@ -58,8 +70,6 @@ def score(out: SystemOutput, examples: Sequence[Example], task_type: str,
 
 def _classification(sc: Scored, out: SystemOutput, examples: Sequence[Example],
                     labels: list[str]) -> None:
-    from tuneloop.evaluate.metrics import classification_details, macro_f1_codes
-
     code = {lab: i for i, lab in enumerate(labels)}
     gold = np.array([code.get(e.label or "", -1) for e in examples])
     pred = np.array([code.get(p or "", -1) for p in out.preds])
@@ -83,15 +93,6 @@ def _classification(sc: Scored, out: SystemOutput, examples: Sequence[Example],
 
 def _text(sc: Scored, out: SystemOutput, examples: Sequence[Example], task_type: str,
           faithfulness: bool) -> None:
-    from tuneloop.evaluate.faithfulness import unsupported_rate
-    from tuneloop.evaluate.text_metrics import (
-        embedding_similarity,
-        exact_match,
-        references,
-        rouge_l,
-        token_f1,
-    )
-
     preds = [p or "" for p in out.preds]
     refs = [references(e) for e in examples]
     if task_type == "extraction":

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy.stats import binomtest
 
 Stat = Callable[[np.ndarray], float]  # maps a vector of example indices to a metric value
 
@@ -67,8 +68,6 @@ def paired_bootstrap(stat_a: Stat, stat_b: Stat, n: int, n_boot: int = 1000,
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     """McNemar's exact test on paired right/wrong outcomes (binomial on discordant pairs)."""
-    from scipy.stats import binomtest
-
     a = np.asarray(correct_a, dtype=bool)
     b = np.asarray(correct_b, dtype=bool)
     only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))

@@ -17,10 +17,15 @@ import numpy as np
 from tuneloop.config import Config, load_config
 from tuneloop.data.load import load_splits
 from tuneloop.errors import TuneloopError
+from tuneloop.evaluate.baselines import few_shot_prompts, prompted
 from tuneloop.evaluate.compare import compare
 from tuneloop.evaluate.scoring import PRIMARY, Scored, score
 from tuneloop.evaluate.systems import SystemOutput, run_embedding, run_llm
-from tuneloop.runs import write_json
+from tuneloop.files import write_json
+from tuneloop.models.load import choose_placement, load_model, load_tokenizer_for
+from tuneloop.records import label_set
+from tuneloop.runs import load_run_model
+from tuneloop.train.recipe import train
 
 BASELINES = ("zero_shot", "few_shot", "embedding_classifier")
 
@@ -51,10 +56,6 @@ def run_eval(target: str | Path, baselines: str | None = None, seeds: int | None
              overrides: list[str] | None = None, out_dir: Path | None = None,
              quiet: bool = False) -> dict:
     """Evaluate a run (or only the baselines of a config); writes eval.json + predictions."""
-    from tuneloop.models.load import choose_placement, load_model, load_tokenizer, resolve_model
-    from tuneloop.models.tokens import ensure_template
-    from tuneloop.runs import load_run_model
-
     cfg, run = resolve_target(target, overrides)
     names = parse_baselines(baselines, cfg.task.type)
     if not names and run is None and not seeds:
@@ -68,26 +69,20 @@ def run_eval(target: str | Path, baselines: str | None = None, seeds: int | None
     limit = limit or cfg.eval.max_examples
     examples = examples[:limit] if limit else examples
     validation = splits.validation[:limit] if limit else splits.validation
-    labels = cfg.task.labels or sorted({e.label for e in splits.train if e.label}) or None
+    labels = label_set(splits.train, cfg.task.labels) or None
     if cfg.task.type == "classification" and labels:
         cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"labels": labels})})
     placement = choose_placement(cfg.model.device, cfg.model.dtype)
     outputs: dict[str, SystemOutput] = {}
     timings: dict[str, float] = {}
     if {"zero_shot", "few_shot"} & set(names):
-        path = resolve_model(cfg.model.name)
-        tok = load_tokenizer(path)
-        ensure_template(tok)
+        path, tok = load_tokenizer_for(cfg.model.name)
         base = load_model(path, placement).eval()
         if "zero_shot" in names:
-            from tuneloop.evaluate.baselines import prompted
-
             outputs["zero_shot"] = run_llm("zero_shot", base, tok, cfg, examples,
                                            [prompted(e, cfg.task) for e in examples], validation,
                                            free_generation, quiet)
         if "few_shot" in names:
-            from tuneloop.evaluate.baselines import few_shot_prompts
-
             t0 = time.perf_counter()
             prompts = few_shot_prompts(examples, splits.train, cfg.eval.few_shot_k, cfg.task)
             timings["few_shot_retrieval_s"] = time.perf_counter() - t0
@@ -123,8 +118,6 @@ def _seed_runs(cfg: Config, run: Path | None, seeds: int | None, quiet: bool) ->
 
     A config with --seeds K trains K runs; a config without it evaluates the baselines only.
     """
-    from tuneloop.train.recipe import train
-
     runs = [run] if run else []
     want = seeds if seeds is not None else len(runs)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -186,14 +179,3 @@ def _write_predictions(path: Path, examples, outputs: dict[str, SystemOutput],
                     rec[k] = None if np.isnan(v[i]) else float(v[i])
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
-
-def read_eval(path: str | Path) -> tuple[dict, list[dict], Path]:
-    """eval.json and predictions from a run folder or an eval folder."""
-    p = Path(path)
-    d = p / "eval" if (p / "eval" / "eval.json").exists() else p
-    if not (d / "eval.json").exists():
-        raise TuneloopError(f"{p}: no eval.json; run `tuneloop eval {p}` first")
-    preds = []
-    if (d / "predictions.jsonl").exists():
-        preds = [json.loads(x) for x in (d / "predictions.jsonl").read_text().splitlines() if x]
-    return json.loads((d / "eval.json").read_text()), preds, d

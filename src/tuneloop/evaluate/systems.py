@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tuneloop.config import Config
-from tuneloop.records import Example, Message
+from tuneloop.evaluate.baselines import embedding_classifier
+from tuneloop.evaluate.metrics import parse_label
+from tuneloop.evaluate.runner import score_choices, target_nll
+from tuneloop.models.generate import generate_with_counts
+from tuneloop.models.tokens import encode_prompt
+from tuneloop.records import Example, Message, label_set
 
 
 @dataclass
@@ -55,15 +60,11 @@ def run_llm(name: str, model, tok, cfg: Config, examples: Sequence[Example],
             prompts: Sequence[list[Message]], validation: Sequence[Example] | None,
             free_generation: bool = True, quiet: bool = True) -> SystemOutput:
     """Predict with an LLM: label scoring (+ free generation) or greedy generation by task."""
-    from tuneloop.evaluate.metrics import parse_label
-    from tuneloop.evaluate.runner import generate_with_counts, score_choices, target_nll
-    from tuneloop.models.tokens import encode_prompt
-
     bs, n = cfg.eval.batch_size, max(len(examples), 1)
     prompt_tokens = [len(encode_prompt(tok, p)) for p in prompts]
     out = SystemOutput(name, [], prompt_tokens=prompt_tokens)
     if cfg.task.type == "classification":
-        labels = list(cfg.task.labels or sorted({e.label for e in examples if e.label}))
+        labels = label_set(examples, cfg.task.labels)
         t0 = time.perf_counter()
         scores = score_choices(model, tok, prompts, labels, bs, quiet)
         out.seconds_per_example = (time.perf_counter() - t0) / n
@@ -91,8 +92,6 @@ def run_llm(name: str, model, tok, cfg: Config, examples: Sequence[Example],
 def run_embedding(cfg: Config, train: Sequence[Example],
                   examples: Sequence[Example]) -> SystemOutput:
     """The MiniLM + logistic-regression classifier as a SystemOutput."""
-    from tuneloop.evaluate.baselines import embedding_classifier
-
     pred, proba, spe = embedding_classifier(train, examples, cfg.task, cfg.seed)
     return SystemOutput("embedding_classifier", list(pred), scores=np.log(proba + 1e-12),
                         seconds_per_example=spe)

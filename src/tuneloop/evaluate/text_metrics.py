@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
+from rouge_score import rouge_scorer
+
+from tuneloop.models.embed import embed
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
@@ -55,8 +58,6 @@ class UnicodeTokenizer:
 
 @cache
 def _scorer():
-    from rouge_score import rouge_scorer
-
     return rouge_scorer.RougeScorer(["rougeL"], tokenizer=UnicodeTokenizer())
 
 
@@ -67,8 +68,6 @@ def rouge_l(pred: str, refs: Sequence[str]) -> float:
 
 def embedding_similarity(preds: Sequence[str], refs: Sequence[str]) -> np.ndarray:
     """Cosine similarity of MiniLM embeddings, prediction vs reference, one per pair."""
-    from tuneloop.models.embed import embed
-
     a = embed([p or " " for p in preds])
     b = embed([r or " " for r in refs])
     return np.sum(a * b, axis=1).astype(float)

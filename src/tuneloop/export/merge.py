@@ -5,33 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from tuneloop.errors import TuneloopError
+from tuneloop.models.generate import pad_batch
+from tuneloop.models.load import Placement
+from tuneloop.models.tokens import encode_prompt
+from tuneloop.records import Message
+from tuneloop.runs import load_run_model
 
 PARITY_TOLERANCE = 1e-3  # max |logit difference| adapter vs merged, fp32
 
 
 def _probe_inputs(tok) -> dict[str, torch.Tensor]:
-    from tuneloop.records import Message
-    from tuneloop.models.tokens import encode_prompt
-
     texts = ["Where is my new card?", "Summarise: the meeting moved to Tuesday at 10."]
-    seqs = [encode_prompt(tok, [Message("user", t)]) for t in texts]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), tok.pad_token_id)
-    attn = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)], attn[i, :len(s)] = torch.tensor(s), 1
+    ids, attn = pad_batch([encode_prompt(tok, [Message("user", t)]) for t in texts],
+                          tok.pad_token_id)
     return {"input_ids": ids, "attention_mask": attn}
 
 
 def export_merged(run: str | Path, out: str | Path) -> dict:
     """Write merged weights + tokenizer to `out`, reload them and check logit parity."""
-    from transformers import AutoModelForCausalLM
-
-    from tuneloop.models.load import Placement
-    from tuneloop.runs import load_run_model
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise TuneloopError(f"{out}: already exists and is not empty; choose a new folder")

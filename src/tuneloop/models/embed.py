@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from functools import cache
 
 import numpy as np
+
+from tuneloop.models.catalog import embedder_path
+from tuneloop.models.load import cpu_has_bf16
 
 DIM = 384  # all-MiniLM-L6-v2 output size; lets callers shape empty results without loading
 
 
 @cache
 def _model():
-    # Set before the import so sentence-transformers and huggingface_hub never try the network.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # why: sentence-transformers (and torch under it) takes seconds to import; many importers
+    # of this module (scoring, zero-shot baselines, select) never embed anything.
     from sentence_transformers import SentenceTransformer
 
-    from tuneloop.models.catalog import embedder_path
-
+    # A local folder and local_files_only: no hub access, and no process-wide offline switch.
     return SentenceTransformer(str(embedder_path()), device="cpu", local_files_only=True)
 
 
@@ -26,9 +26,7 @@ def embed(texts: list[str], batch_size: int = 64, progress: bool = False) -> np.
     """L2-normalised float32 MiniLM embeddings, one row per text (shape [len(texts), 384])."""
     if not texts:
         return np.zeros((0, DIM), dtype=np.float32)
-    import torch
-
-    from tuneloop.models.load import cpu_has_bf16
+    import torch  # why: as in _model; loaded by then anyway
 
     # bf16 matmuls run ~2x faster end to end on CPUs with AMX/avx512_bf16, and the vectors stay
     # within cosine 0.9999 of fp32 (measured on 2,000 banking77 texts); elsewhere stay in fp32.

@@ -103,6 +103,13 @@ class Placement:
         return {"bf16": "bf16", "fp16": "fp16"}.get(self.precision, "no")
 
 
+def compute_dtype(precision: str):
+    """The torch dtype a half compute precision runs in (bf16, fp16); None for fp32 (no autocast)."""
+    import torch  # why: keeps the CLI's start light (module docstring)
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
 def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
     """CUDA bf16 when present; CPU bf16 autocast where the CPU has AMX/avx512_bf16; else fp32."""
     import torch  # why: keeps the CLI's start light (module docstring)

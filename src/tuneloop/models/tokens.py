@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tuneloop.records import Example, Message
 from tuneloop.errors import TuneloopError
+from tuneloop.records import Example, Message
 
 IGNORE = -100
 # Used only when a tokenizer has no chat template at all (base models): a plain turn format
@@ -123,7 +123,8 @@ class EncodeReport:
     target_tokens: int = 0
 
     def as_dict(self) -> dict:
-        import numpy as np
+        """JSON-ready statistics: counts, tokens, mean/p95/max length."""
+        import numpy as np  # why: this module loads at CLI start (registry -> runs -> models.load)
 
         lens = np.array(self.lengths or [0])
         return {"examples": self.n, "truncated": self.truncated,

@@ -8,15 +8,22 @@ predecessor's answers.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from tuneloop.config import Config
+from tuneloop.console import progress
 from tuneloop.errors import TuneloopError
+from tuneloop.evaluate.metrics import parse_label
+from tuneloop.files import write_json
+from tuneloop.models.embed import embed
+from tuneloop.models.generate import model_device, pad_batch
 from tuneloop.monitor import drift
 from tuneloop.monitor.traffic import (
     bucket_edges,
@@ -25,6 +32,7 @@ from tuneloop.monitor.traffic import (
     reference_examples,
     to_datetime,
 )
+from tuneloop.registry.registry import Registry
 
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -44,32 +52,30 @@ def input_nll(model, tok, texts: list[str], max_len: int = 256, batch_size: int 
     Inputs the model finds surprising are ones it was not tuned for; the text is scored bare,
     without the chat template, so the template's easy tokens do not dilute the signal.
     """
-    import torch
-
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     out: list[float] = []
-    side, tok.padding_side = tok.padding_side, "right"  # positions then start at 0 in every row
     with torch.no_grad():
         for s in range(0, len(texts), batch_size):
-            enc = tok(texts[s:s + batch_size], return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_len, add_special_tokens=False)
-            ids, attn = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+            enc = tok(texts[s:s + batch_size], truncation=True, max_length=max_len,
+                      add_special_tokens=False)
+            # Right padding: positions start at 0 in every row.
+            ids, attn = pad_batch(enc["input_ids"], tok.pad_token_id)
+            ids, attn = ids.to(dev), attn.to(dev)
             logits = model(input_ids=ids, attention_mask=attn).logits.float()
             nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:],
                                                     reduction="none")
             mask = attn[:, 1:].float()
             per = (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
             out += [float(v) if m > 0 else float("nan") for v, m in zip(per, mask.sum(1), strict=True)]
-    tok.padding_side = side
     return out
 
 
 def run_monitor(cfg: Config, window: str | None = None, now: datetime | None = None,
                 perplexity: bool = True, quiet: bool = True, n_perm: int = 500) -> dict[str, Any]:
     """Every drift signal for the traffic window ending `now`; `drift` says if any crossed."""
-    from tuneloop.console import progress
+    # why: the traffic store needs the [serve] extra (sqlalchemy); the signals in this module
+    # (input_nll, drift tests) work without it.
     from tuneloop.serve.store import TrafficStore, store_url
-    from tuneloop.registry.registry import Registry
 
     mcfg = cfg.monitor
     spec = window or mcfg.window
@@ -99,8 +105,6 @@ def run_monitor(cfg: Config, window: str | None = None, now: datetime | None = N
     sig = res["signals"]
     with progress(quiet) as bar:
         task = bar.add_task("monitor", total=4)
-        from tuneloop.models.embed import embed
-
         ref_emb, cur_emb = embed(ref_texts), embed(cur_texts)
         bar.advance(task)
         sig["embedding_mmd"] = drift.mmd_test(ref_emb, cur_emb, n_perm, cfg.seed)
@@ -159,8 +163,6 @@ def _mean(v) -> float | None:
 
 def _outputs(served: list[dict], ref_examples, cfg: Config) -> dict:
     """Output length (vs the training targets) and, for classification, parse failures."""
-    from tuneloop.evaluate.metrics import parse_label
-
     outs = [r.get("output_text") or "" for r in served]
     res: dict[str, Any] = {"n": len(served),
                            "length_chars": drift.shift_test([len(e.target) for e in ref_examples],
@@ -195,8 +197,6 @@ def _quality(store, fb: list[dict], version: str | None, since: datetime, cfg: C
 
 def _registered_accuracy(version) -> float | None:
     """The champion's test accuracy as registered: its eval.json, else gate evidence."""
-    import json
-
     ev = Path(version.path) / "eval.json"
     if ev.exists():
         acc = (json.loads(ev.read_text()).get("systems", {}).get("finetuned", {})
@@ -260,6 +260,4 @@ def _most_drifted(reqs, texts, dist, ref_texts, top: int = 15) -> list[dict]:
 
 def write_json_report(res: dict, path: Path) -> None:
     """The monitor result as JSON (for dashboards and the loop's log)."""
-    from tuneloop.runs import write_json
-
     write_json(path, res)

@@ -12,6 +12,12 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import mannwhitneyu
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from tuneloop.evaluate.stats import mean_stat, metric_with_ci
 
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
 
@@ -61,10 +67,6 @@ def domain_classifier(ref: np.ndarray, cur: np.ndarray, n_random: int = 1000,
     As in Evidently's domain-classifier test for small samples: with a few dozen points an AUC
     of 0.6 can be luck, so the bar is the random-score AUC distribution, not a fixed 0.5.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
     ref, cur = np.asarray(ref, dtype=np.float64), np.asarray(cur, dtype=np.float64)
     n, m = len(ref), len(cur)
     folds = min(5, n, m)
@@ -122,8 +124,6 @@ def nearest_distance(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
 def shift_test(ref: Sequence[float], cur: Sequence[float]) -> dict:
     """Two-sided Mann-Whitney U test of a per-example number (perplexity, length) and the
     medians: a shift in location, without assuming a distribution."""
-    from scipy.stats import mannwhitneyu
-
     a = np.asarray([v for v in ref if v is not None and np.isfinite(v)], dtype=float)
     b = np.asarray([v for v in cur if v is not None and np.isfinite(v)], dtype=float)
     if len(a) < 2 or len(b) < 2:
@@ -136,8 +136,6 @@ def shift_test(ref: Sequence[float], cur: Sequence[float]) -> dict:
 
 def rate_with_ci(flags: Sequence[bool | float], n_boot: int = 1000, seed: int = 0) -> dict:
     """Mean of 0/1 (or [0, 1]) per-example values with a bootstrap 95% interval."""
-    from tuneloop.evaluate.stats import mean_stat, metric_with_ci
-
     v = np.asarray(flags, dtype=float)
     res = metric_with_ci(mean_stat(v), len(v), n_boot, seed) if len(v) else {
         "value": None, "ci": [None, None]}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import html
 from datetime import datetime
 from pathlib import Path
 
-from tuneloop.runs import atomic_write_text
+from tuneloop.evaluate.plots import png_bytes, png_data_uri, subplots
+from tuneloop.files import atomic_write_text
 
 _SERIES = [("requests", "requests"), ("distance", "distance to nearest training input"),
            ("novel_rate", "novel-term rate"), ("perplexity", "input perplexity"),
@@ -16,11 +16,8 @@ _SERIES = [("requests", "requests"), ("distance", "distance to nearest training 
 
 def series_png(series: list[dict]) -> bytes:
     """One small panel per signal over the time buckets; quality with its interval."""
-    from tuneloop.evaluate.plots import _plt, _png
-
-    plt = _plt()
     xs = [datetime.fromisoformat(p["start"]) for p in series]
-    fig, axes = plt.subplots(len(_SERIES), 1, figsize=(7, 1.7 * len(_SERIES)), sharex=True)
+    fig, axes = subplots(len(_SERIES), 1, figsize=(7, 1.7 * len(_SERIES)), sharex=True)
     for ax, (key, title) in zip(axes, _SERIES, strict=True):
         if key == "quality":
             pts = [(x, p["quality"]) for x, p in zip(xs, series, strict=True)
@@ -39,7 +36,7 @@ def series_png(series: list[dict]) -> bytes:
         ax.grid(alpha=0.3)
     fig.autofmt_xdate()
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _row(name: str, value: str, flag: bool | None) -> str:
@@ -77,8 +74,8 @@ def to_html(res: dict) -> str:
                          q.get("drop") is not None and q["drop"] > res["thresholds"]["quality_drop"]))
     img = ""
     if res.get("series"):
-        b64 = base64.b64encode(series_png(res["series"])).decode()
-        img = f"<h2>Over time</h2><img alt='signals over time' src='data:image/png;base64,{b64}'>"
+        uri = png_data_uri(series_png(res["series"]))
+        img = f"<h2>Over time</h2><img alt='signals over time' src='{uri}'>"
     drifted = "".join(
         f"<tr><td>{x['distance']}</td><td>{e(x['input'])}</td><td>{e(', '.join(x['novel_terms']))}"
         f"</td><td>{e(x['output'])}</td><td>{e(x['created'][:19])}</td></tr>"

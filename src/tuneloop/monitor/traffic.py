@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.config import DEFAULT_CLASSIFY_TEMPLATE, Config, DataConfig, TaskConfig
+from tuneloop.data.load import load_examples
+from tuneloop.evaluate.metrics import parse_label
 from tuneloop.records import Example
 
 _NICE = [timedelta(minutes=m) for m in (1, 5, 15, 30)] + [
@@ -70,8 +72,6 @@ def _version_config(version) -> dict | None:
 def reference_examples(cfg: Config, champion=None) -> tuple[list[Example], str]:
     """What the champion was trained on (its run's data.train, when still on disk; else the
     project's), plus the frozen eval set: the reference the traffic is compared with."""
-    from tuneloop.data.load import load_examples
-
     train, data, task = cfg.data.train, cfg.data, cfg.task
     vc = _version_config(champion) if champion is not None else None
     if vc and vc.get("data", {}).get("train") and Path(vc["data"]["train"]).exists():
@@ -94,8 +94,6 @@ def _norm(s: str) -> str:
 def feedback_correct(f: dict, task: TaskConfig) -> float | None:
     """1.0 if the feedback says the served answer was right, 0.0 if wrong, in between for a
     rating; None when the feedback says nothing about correctness."""
-    from tuneloop.evaluate.metrics import parse_label
-
     out = f.get("output_text") or ""
     labels = task.labels or []
     if f.get("label"):
@@ -114,8 +112,6 @@ def feedback_correct(f: dict, task: TaskConfig) -> float | None:
 def feedback_label(f: dict, task: TaskConfig) -> str | None:
     """The right answer a feedback row supplies: its label, or a correction (parsed to a label
     for classification); None when it gives only a rating."""
-    from tuneloop.evaluate.metrics import parse_label
-
     if f.get("label"):
         return f["label"]
     c = (f.get("corrected") or "").strip()

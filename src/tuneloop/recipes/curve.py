@@ -11,7 +11,10 @@ from pathlib import Path
 
 from tuneloop.config import load_config
 from tuneloop.errors import TuneloopError
-from tuneloop.runs import write_json
+from tuneloop.evaluate.plots import curve_png
+from tuneloop.evaluate.suite import run_eval
+from tuneloop.files import write_json
+from tuneloop.train.recipe import train
 
 
 def parse_sizes(spec: str) -> list[int]:
@@ -30,9 +33,6 @@ def run_curve(config: str | Path, sizes: list[int], limit: int | None = None,
               overrides: list[str] | None = None, n_boot: int = 1000,
               free_generation: bool = False, quiet: bool = False) -> dict:
     """One fine-tune per size, each evaluated on the same test examples; writes curve.json/png."""
-    from tuneloop.evaluate.suite import run_eval
-    from tuneloop.train.recipe import train
-
     base = load_config(config, overrides)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(base.output.dir) / f"curve-{stamp}"
@@ -51,8 +51,6 @@ def run_curve(config: str | Path, sizes: list[int], limit: int | None = None,
     curve = {"task": base.task.type, "metric": primary, "test_examples": res["examples"],
              "points": points}
     write_json(out / "curve.json", curve)
-    from tuneloop.evaluate.plots import curve_png
-
     (out / "curve.png").write_bytes(curve_png(curve))
     curve["curve_dir"] = str(out)
     return curve

@@ -11,11 +11,20 @@ from pathlib import Path
 from tuneloop.config import Config, load_config
 from tuneloop.data.load import load_splits
 from tuneloop.errors import TuneloopError
+from tuneloop.evaluate.baselines import prompted
+from tuneloop.evaluate.metrics import classification_metrics
+from tuneloop.evaluate.runner import score_choices
+from tuneloop.files import write_json
+from tuneloop.models.load import choose_placement, load_model, load_tokenizer_for
+from tuneloop.records import label_set
+from tuneloop.runs import load_run_model
+from tuneloop.train.recipe import train
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "support-intents"
 
 
 def example_config(overrides: list[str] | None = None) -> Config:
+    """The bundled support-intents example's config, with the user's overrides."""
     if not (EXAMPLE / "tuneloop.yaml").exists():
         raise TuneloopError(f"{EXAMPLE}: the bundled example is missing; quickstart runs from "
                             "a source checkout (git clone + make quickstart)")
@@ -24,10 +33,7 @@ def example_config(overrides: list[str] | None = None) -> Config:
 
 def evaluate_classifier(model, tok, cfg: Config, examples, prompts, quiet: bool) -> dict[str, float]:
     """Accuracy and macro-F1 by scoring each label's log-likelihood after each prompt."""
-    from tuneloop.evaluate.metrics import classification_metrics
-    from tuneloop.evaluate.runner import score_choices
-
-    labels = cfg.task.labels or sorted({ex.label for ex in examples})
+    labels = label_set(examples, cfg.task.labels)
     scores = score_choices(model, tok, prompts, labels, cfg.eval.batch_size, quiet)
     pred = [labels[i] for i in scores.argmax(1).tolist()]
     return classification_metrics([ex.label for ex in examples], pred, labels)
@@ -35,20 +41,12 @@ def evaluate_classifier(model, tok, cfg: Config, examples, prompts, quiet: bool)
 
 def run_quickstart(overrides: list[str] | None = None, quiet: bool = False) -> dict:
     """Train on the example, evaluate base vs fine-tuned; returns run_dir and systems."""
-    from tuneloop.evaluate.baselines import prompted
-    from tuneloop.models.load import choose_placement, load_model, load_tokenizer, resolve_model
-    from tuneloop.models.tokens import ensure_template
-    from tuneloop.runs import load_run_model, write_json
-    from tuneloop.train.recipe import train
-
     cfg = example_config(overrides)
     test = load_splits(cfg).test
     if cfg.eval.max_examples:
         test = test[: cfg.eval.max_examples]
     placement = choose_placement(cfg.model.device, cfg.model.dtype)
-    path = resolve_model(cfg.model.name)
-    tok = load_tokenizer(path)
-    ensure_template(tok)
+    path, tok = load_tokenizer_for(cfg.model.name)
     base = load_model(path, placement).eval()
     # The base model is prompted with the label list; the fine-tuned one sees its short
     # training prompt, which is the point: the labels live in its weights, not its context.

@@ -15,8 +15,6 @@ serve); later versions get no alias until promoted or named challenger.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import re
 import shutil
@@ -29,7 +27,8 @@ from typing import Any
 import yaml
 
 from tuneloop.errors import TuneloopError
-from tuneloop.runs import atomic_write_text
+from tuneloop.files import atomic_write_text, file_lock
+from tuneloop.runs import load_run_model
 
 ALIASES = ("champion", "challenger")
 VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
@@ -96,16 +95,9 @@ class Registry:
         return cls(Path(cfg.registry.dir))
 
     # ---- state ---------------------------------------------------------------------------
-    @contextlib.contextmanager
     def _locked(self):
         """Inter-process lock around read-modify-write of registry.json and version ids."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return file_lock(self.root / ".lock")
 
     def _state(self) -> dict[str, Any]:
         if not self.state_path.exists():
@@ -295,8 +287,6 @@ class Registry:
     # ---- loading -------------------------------------------------------------------------
     def load(self, ref: str, placement: Any = None):
         """(model, tokenizer) of a version: its base with the adapter, or its full weights."""
-        from tuneloop.runs import load_run_model
-
         v = self.get(ref)
         check_safetensors(v.weights_dir)
         model, tok, _cfg = load_run_model(v.path, placement)

@@ -19,9 +19,14 @@ from typing import Any
 import numpy as np
 
 from tuneloop.config import Config
-from tuneloop.records import Example, fingerprint
+from tuneloop.console import progress
+from tuneloop.data.load import load_examples
 from tuneloop.errors import TuneloopError
-from tuneloop.runs import write_json
+from tuneloop.evaluate.runner import score_choices, target_nll
+from tuneloop.evaluate.stats import mcnemar, mean_stat, paired_bootstrap
+from tuneloop.files import write_json
+from tuneloop.records import Example, fingerprint, label_set
+from tuneloop.registry.registry import Registry
 
 
 def pin_frozen(registry_dir: Path, path: str, examples: list[Example]) -> dict:
@@ -44,10 +49,8 @@ def pin_frozen(registry_dir: Path, path: str, examples: list[Example]) -> dict:
 
 def per_example(model, tok, examples: list[Example], cfg: Config) -> np.ndarray:
     """Classification: 1/0 correct by label scoring; else per-example mean target NLL."""
-    from tuneloop.evaluate.runner import score_choices, target_nll
-
     if cfg.task.type == "classification":
-        labels = list(cfg.task.labels or sorted({e.label for e in examples if e.label}))
+        labels = label_set(examples, cfg.task.labels)
         scores = score_choices(model, tok, [e.prompt_messages for e in examples], labels,
                                cfg.eval.batch_size)
         pred = [labels[i] for i in scores.argmax(1).tolist()]
@@ -58,8 +61,6 @@ def per_example(model, tok, examples: list[Example], cfg: Config) -> np.ndarray:
 
 def compare(champ: np.ndarray, chall: np.ndarray, higher_is_better: bool, seed: int = 0) -> dict:
     """Challenger minus champion (sign flipped for NLL so positive = better), with a paired test."""
-    from tuneloop.evaluate.stats import mcnemar, mean_stat, paired_bootstrap
-
     sign = 1.0 if higher_is_better else -1.0
     boot = paired_bootstrap(mean_stat(sign * chall), mean_stat(sign * champ), len(champ), seed=seed)
     res = {"n": len(champ), "champion": round(float(champ.mean()), 4) if len(champ) else None,
@@ -117,8 +118,6 @@ def _fresh_path(challenger, explicit: str | None) -> str | None:
 
 
 def _load(path: str, cfg: Config) -> list[Example]:
-    from tuneloop.data.load import load_examples
-
     data = cfg.data.model_copy(update={"format": "auto", "columns": {}})
     return load_examples(path, data, cfg.task).examples
 
@@ -126,10 +125,6 @@ def _load(path: str, cfg: Config) -> list[Example]:
 def run_gate(cfg: Config, fresh_path: str | None = None, promote: bool = True,
              quiet: bool = True) -> dict[str, Any]:
     """Evaluate champion vs challenger, decide, record the evidence and promote if earned."""
-    from tuneloop.console import progress
-    from tuneloop.data.load import load_examples
-    from tuneloop.registry.registry import Registry
-
     registry = Registry.from_config(cfg)
     try:
         champion, challenger = registry.get("champion"), registry.get("challenger")

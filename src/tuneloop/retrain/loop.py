@@ -12,7 +12,7 @@ from tuneloop.monitor.check import run_monitor
 from tuneloop.monitor.report import write_html
 from tuneloop.retrain.gate import run_gate
 from tuneloop.retrain.retrain import retrain
-from tuneloop.runs import write_json
+from tuneloop.files import write_json
 
 Report = Callable[[str, dict[str, Any]], None]
 

@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.config import Config
-from tuneloop.records import Example, Message, fingerprint
+from tuneloop.data.audit import run_audit
+from tuneloop.data.load import load_examples
 from tuneloop.data.split import train_validation_split
 from tuneloop.errors import TuneloopError
+from tuneloop.files import write_json
 from tuneloop.monitor.traffic import feedback_label, raw_text, reference_examples
-from tuneloop.runs import write_json
+from tuneloop.records import Example, Message, fingerprint
+from tuneloop.registry.registry import Registry
+from tuneloop.train.recipe import train
 
 FRESH_SLICE = 0.25  # share of the new data held out to show the challenger is better on it
 
@@ -57,8 +61,6 @@ def feedback_examples(feedback: list[dict], cfg: Config) -> list[Example]:
 def build_dataset(cfg: Config, feedback: list[dict], champion=None, out_dir: Path | None = None,
                   fresh_fraction: float = FRESH_SLICE) -> dict[str, Any]:
     """Write train.jsonl and fresh_eval.jsonl for a retrain; returns the manifest."""
-    from tuneloop.data.load import load_examples
-
     rc = cfg.retrain
     new = feedback_examples(feedback, cfg)
     n_feedback = len(new)
@@ -115,8 +117,6 @@ def retrain_config(cfg: Config, manifest: dict, champion=None) -> Config:
 def audit_dataset(cfg: Config, manifest: dict) -> dict[str, Any]:
     """The data-audit checks on the new training set; rows an error names (conflicting
     corrections, leakage into the fresh or frozen eval sets, bad records) are dropped."""
-    from tuneloop.data.audit import run_audit
-
     path = Path(manifest["train"])
     against = [p for p in (manifest["fresh_eval"],) if p]
     rep = run_audit(path, cfg, against=against)
@@ -134,9 +134,9 @@ def audit_dataset(cfg: Config, manifest: dict) -> dict[str, Any]:
 
 def retrain(cfg: Config, quiet: bool = True) -> dict[str, Any]:
     """Build + audit the data set, train from the champion, register the run as challenger."""
+    # why: the traffic store needs the [serve] extra (sqlalchemy); building, auditing and
+    # configuring a retrain (the functions above) work without it.
     from tuneloop.serve.store import TrafficStore, store_url
-    from tuneloop.registry.registry import Registry
-    from tuneloop.train.recipe import train
 
     registry = Registry.from_config(cfg)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import sys
 import time
 import traceback
@@ -17,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tuneloop.config import Config
-from tuneloop.records import Example, Message
 from tuneloop.errors import TuneloopError
+from tuneloop.records import Example, Message
 
 STAGES = ("resolve", "estimate", "load", "zero_shot", "few_shot", "latency", "probe")
 Report = Callable[[str], None]
@@ -41,8 +42,6 @@ def _peak_rss() -> int:
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
@@ -56,7 +55,7 @@ def _arch(model) -> dict:
 def _latency(model, tok, prompts: list[list[Message]], new_tokens: int) -> dict:
     """Seconds per generated token at batch 1: (time for L tokens - time for 1) / extra tokens,
     so prompt prefill is not counted as generation."""
-    from tuneloop.evaluate.runner import generate_with_counts
+    from tuneloop.models.generate import generate_with_counts  # why: as in _measure
 
     t0 = time.perf_counter()
     _, first = generate_with_counts(model, tok, prompts, 1, batch_size=1)
@@ -70,34 +69,41 @@ def _latency(model, tok, prompts: list[list[Message]], new_tokens: int) -> dict:
             "prompts": len(prompts), "decode_tokens": extra}
 
 
-def _probe(model, tok, cfg: Config, items, plan, val: list[Example], steps: int,
-           before: list[tuple[float, int, int]]) -> dict:
-    """Train `steps` steps of the config's method with the training loop's batches and loss,
-    then measure how far the validation loss fell."""
+def _probe(model, tok, cfg: Config, items, plan, val: list[Example], steps: int, placement) -> dict:
+    """Train `steps` optimizer steps of the config's method as training runs them (its model
+    set-up, CPU kernels, autocast and train_step, at the configured learning rate without
+    warm-up), then measure how far the validation loss fell."""
     import torch
 
     from tuneloop.evaluate.runner import perplexity_bpb, target_nll
-    from tuneloop.train.recipe import micro_batch
+    from tuneloop.train.batches import micro_batch
     from tuneloop.train.loss import TargetLoss
-    from tuneloop.train.methods import wrap
+    from tuneloop.train.step import accelerator_for, optimizer_for, prepare_model, train_step
 
+    acc = accelerator_for(placement)
     torch.manual_seed(cfg.seed)
-    model = wrap(model, cfg.method)
+    model = prepare_model(model, cfg.method, placement, cfg.train, cfg.model.max_seq_len)
     loss_fn = TargetLoss(model)
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                            lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
-    dev = next(model.parameters()).device
+    model, opt = acc.prepare(model, optimizer_for(model, cfg.train))
+
+    def nll() -> list[tuple[float, int, int]]:
+        model.eval()
+        rows = target_nll(model, tok, val, cfg.model.max_seq_len, cfg.eval.batch_size)
+        model.train()
+        return rows
+
+    # Measured again on the prepared model: the same weights and precision as `after`.
+    before = nll()
+    ga = cfg.train.grad_accum
     t0 = time.perf_counter()
     for k in range(steps):
-        batch = micro_batch([items[i] for i in plan.indices(k)], tok.pad_token_id, cfg)
-        loss_sum, n = loss_fn(model, {name: v.to(dev) for name, v in batch.items()})
-        (loss_sum / n.clamp(min=1)).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        batches = [micro_batch([items[i] for i in plan.indices(k * ga + m)], tok.pad_token_id, cfg)
+                   for m in range(ga)]
+        train_step(model, loss_fn, [{n: v.to(acc.device) for n, v in b.items()} for b in batches],
+                   opt, None, acc, cfg.train.max_grad_norm)
     seconds = time.perf_counter() - t0
-    model.eval()
-    after = target_nll(model, tok, val, cfg.model.max_seq_len, cfg.eval.batch_size)
+    loss_fn.remove()
+    after = nll()
 
     def loss(rows):
         return sum(r[0] for r in rows) / max(sum(r[1] for r in rows), 1)
@@ -130,15 +136,17 @@ def measure(spec: dict, report: Report = lambda stage: None) -> dict:
 
 
 def _measure(spec: dict, res: dict, report: Report) -> None:
+    # why: `tuneloop select` imports this module (STAGES, and measure() for --no-isolate); the
+    # model stack (torch, transformers, the training recipe) loads only where a candidate is
+    # measured, not in the process that orchestrates them.
     from tuneloop.evaluate.baselines import prompted
     from tuneloop.evaluate.runner import perplexity_bpb
     from tuneloop.evaluate.scoring import PRIMARY, score
     from tuneloop.evaluate.systems import run_llm
     from tuneloop.models.load import choose_placement, load_model, load_tokenizer, resolve_model
     from tuneloop.models.tokens import encode_all, ensure_template
-    from tuneloop.train.batches import BatchPlan
+    from tuneloop.train.batches import plan_for, total_steps
     from tuneloop.train.estimate import estimate
-    from tuneloop.train.recipe import total_steps
     from tuneloop.train.methods import count_parameters
 
     timings: dict[str, float] = {}
@@ -173,10 +181,7 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
 
     stage("estimate")
     placement = choose_placement(cfg.model.device, cfg.model.dtype)
-    # The batch plan exactly as `train --dry-run` and the training loop build it.
-    lengths = [len(e.input_ids) for e in items] \
-        if cfg.train.group_by_length and not cfg.train.packing else None
-    plan = BatchPlan(len(items), cfg.train.batch_size, 1, 0, cfg.seed, lengths=lengths)
+    plan = plan_for(cfg, items)  # the batch plan of `train --dry-run` and the training recipe
     res["train"] = estimate(cfg, path, items, total_steps(cfg, plan), placement, plan)
     limit = spec.get("max_memory_gb")
     if limit is not None and res["train"]["estimated_peak_memory_gb"] > limit:
@@ -188,7 +193,7 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
         return
 
     stage("load")
-    import torch
+    import torch  # why: as at the top of _measure
 
     torch.manual_seed(cfg.seed)
     reset = _reset_peak()
@@ -234,8 +239,7 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
 
     if spec.get("probe_steps"):
         stage("probe")
-        res["probe"] = _probe(model, tok, cfg, items, plan, val, spec["probe_steps"],
-                              zs.val_nll or [])
+        res["probe"] = _probe(model, tok, cfg, items, plan, val, spec["probe_steps"], placement)
     stage("done")
     timings.pop("done", None)
     del model

@@ -9,9 +9,13 @@ by a weighted score (rank.py) and the winner can be written into the config (wri
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import random
 import re
+import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,11 +23,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tuneloop.config import Config
+from tuneloop.config import Config, load_config
+from tuneloop.console import progress
+from tuneloop.data.load import load_splits
 from tuneloop.errors import TuneloopError
+from tuneloop.evaluate.baselines import few_shot_prompts
+from tuneloop.evaluate.scoring import PRIMARY
+from tuneloop.models.catalog import CATALOG
+from tuneloop.models.load import resolve_model
+from tuneloop.records import label_set
 from tuneloop.select import gpu
 from tuneloop.select.measure import STAGES, measure
 from tuneloop.select.rank import effective_weights, parse_weights, rank
+from tuneloop.select.write import set_model_name
 
 Report = Callable[[str], None]
 
@@ -52,17 +64,12 @@ def parse_candidates(spec: str) -> list[str]:
 
 def _candidate_name(c: str) -> str:
     """Folders are written as absolute paths: the config resolves names against its own folder."""
-    from tuneloop.models.catalog import CATALOG
-
     p = Path(c).expanduser()
     return str(p.resolve()) if c not in CATALOG and p.is_dir() else c
 
 
 def _precheck(candidate: str) -> dict | None:
     """A failed row for a folder that is missing or has no config.json, without a process."""
-    from tuneloop.models.catalog import CATALOG
-    from tuneloop.models.load import resolve_model
-
     if candidate in CATALOG:
         return None  # resolving may convert a GGUF: that belongs to the measured process
     try:
@@ -75,9 +82,6 @@ def _precheck(candidate: str) -> dict | None:
 def _die_with_parent() -> None:
     """Linux: the measuring process gets SIGTERM when `tuneloop select` itself is killed."""
     try:
-        import ctypes
-        import signal
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -118,8 +122,6 @@ def _isolated(spec: dict, report: Report) -> dict:
 
 def _cpu_seconds() -> float:
     """User + system CPU time of this process and its finished children."""
-    import resource
-
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
@@ -163,16 +165,13 @@ def _gpu_rows(r: dict, cfg) -> list[dict]:
 def _spec(config: str | Path, overrides: list[str] | None, max_examples: int | None,
           few_shot_examples: int | None) -> tuple[Config, dict]:
     """(config, what every measuring process needs): examples, labels, few-shot prompts."""
-    from tuneloop.config import load_config
-    from tuneloop.data.load import load_splits
-
     cfg = load_config(config, overrides)
     splits = load_splits(cfg)
     val = _sample(splits.validation, max_examples, cfg.seed)
     if not val:
         raise TuneloopError(f"{config}: no validation examples to measure on; set data.validation "
                             "or data.validation_fraction above 0 (with at least 10 rows)")
-    labels = cfg.task.labels or sorted({e.label for e in splits.train if e.label}) or None
+    labels = label_set(splits.train, cfg.task.labels) or None
     if cfg.task.type == "classification" and labels:
         cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"labels": labels})})
     shots = None
@@ -180,8 +179,6 @@ def _spec(config: str | Path, overrides: list[str] | None, max_examples: int | N
     # than everything else together, so it runs on the first `few_shot_examples` only.
     shot_ids = [e.id for e in _sample(val, few_shot_examples, cfg.seed)]
     if cfg.eval.few_shot_k > 0 and splits.train and shot_ids:
-        from tuneloop.evaluate.baselines import few_shot_prompts
-
         by_id = {e.id: e for e in val}
         # Prompts are text, the same for every candidate: retrieve once, here.
         shots = [[{"role": m.role, "content": m.content} for m in p]
@@ -196,8 +193,6 @@ def _spec(config: str | Path, overrides: list[str] | None, max_examples: int | N
 def _sample(examples: list, n: int | None, seed: int) -> list:
     """A seeded random subset of n examples in file order (all when n is None or larger):
     the first n rows of a file sorted by label would cover only a few labels."""
-    import random
-
     if n is None or n >= len(examples):
         return list(examples)
     keep = set(random.Random(seed).sample(range(len(examples)), max(n, 0)))
@@ -209,9 +204,6 @@ def run_select(config: str | Path, candidates: list[str], max_memory: str | None
                few_shot_examples: int | None = 50, overrides: list[str] | None = None,
                quiet: bool = False, isolate: bool = True, write: bool = False) -> dict:
     """Measure and rank candidate base models on the config's validation split."""
-    from tuneloop.console import progress
-    from tuneloop.evaluate.scoring import PRIMARY
-
     t_start = time.perf_counter()
     w = parse_weights(weights)  # fail on a bad flag before minutes of measuring
     limit_gb = parse_memory(max_memory)
@@ -258,8 +250,6 @@ def run_select(config: str | Path, candidates: list[str], max_memory: str | None
                            "latency: batch-1 greedy decoding, prefill excluded"],
            "seconds": None}
     if write and ranked:
-        from tuneloop.select.write import set_model_name
-
         res["written"] = set_model_name(config, _candidate_name(ranked[0]["name"]))
     res["seconds"] = round(time.perf_counter() - t_start, 1)
     return res

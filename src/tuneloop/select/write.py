@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from tuneloop.errors import TuneloopError
-from tuneloop.runs import atomic_write_text
+from tuneloop.files import atomic_write_text
 
 _TOP = re.compile(r"^model\s*:\s*(#.*)?$")
 _CHILD = re.compile(r"^(?P<indent>[ \t]+)name\s*:(?P<value>[^#\n]*?)(?P<comment>\s+#.*)?$")

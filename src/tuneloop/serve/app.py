@@ -23,10 +23,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneloop.errors import TuneloopError
-from tuneloop.serve.store import TrafficStore
 from tuneloop.serve.engine import Generation, Handle, ModelPool, Params, UnknownModel
 from tuneloop.serve.guard import Guard, Metrics
 from tuneloop.serve.schemas import ChatRequest, CompletionRequest, FeedbackRequest, error_body
+from tuneloop.serve.store import TrafficStore
 
 
 @dataclass
@@ -64,7 +64,7 @@ def create_app(pool: ModelPool, store: TrafficStore, settings: ServeSettings) ->
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "default_model": settings.default_model,
-                "loaded": sorted(pool._handles), "batching": dict(pool.stats)}
+                "loaded": pool.loaded_versions(), "batching": dict(pool.stats)}
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -5,10 +5,10 @@ promotion takes effect without a restart) or `base`. Adapters are loaded on firs
 peft's `load_adapter` and switched with `set_adapter`; a full fine-tune gets its own model.
 Generation is not thread-safe (the active adapter is model state), so one lock serialises it.
 Greedy requests are micro-batched: those that arrive while a batch runs are generated together
-as the next (left-padded) batch per model version, with the evaluation runner's decoder (the
-prompt prefix all rows share is run once), so concurrent clients share the forward passes
-instead of queueing one by one. Sampled, seeded, stop-string and streamed requests run alone
-through transformers' `generate`.
+as the next (left-padded) batch per model version, with the decoder evaluation uses
+(models.generate; the prompt prefix all rows share is run once), so concurrent clients share
+the forward passes instead of queueing one by one. Sampled, seeded, stop-string and streamed
+requests run alone through transformers' `generate`.
 """
 
 from __future__ import annotations
@@ -19,15 +19,25 @@ from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from peft import PeftModel
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tuneloop.errors import TuneloopError
+from tuneloop.models.generate import (
+    common_prefix_len,
+    greedy_ids,
+    model_device,
+    pad_batch,
+    stop_ids,
+)
+from tuneloop.models.load import chat_tokenizer, choose_placement, load_model, resolve_model
+from tuneloop.models.tokens import encode_prompt
+from tuneloop.records import Message
 from tuneloop.registry.registry import REF_RE, Registry, check_safetensors
-
-if TYPE_CHECKING:
-    from tuneloop.serve.stream import StreamJob
+from tuneloop.serve.stream import StreamJob
 
 BASE = "base"
 
@@ -76,13 +86,22 @@ class Handle:
     adapter: str | None
 
 
+class _Cancelled(StoppingCriteria):
+    """Stops every row once `cancel` (a threading.Event, or None) is set."""
+
+    def __init__(self, cancel: threading.Event | None):
+        self.cancel = cancel
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), bool(self.cancel and self.cancel.is_set()),
+                          dtype=torch.bool, device=input_ids.device)
+
+
 class ModelPool:
     """Resolve model names, load weights once, generate under a lock."""
 
     def __init__(self, registry: Registry | None, base_model: str, placement: Any = None,
                  max_batch: int = 16):
-        from tuneloop.models.load import choose_placement
-
         self.registry = registry
         self.base_name = base_model
         self.placement = placement or choose_placement("auto", "fp32")
@@ -118,16 +137,16 @@ class ModelPool:
         return list(self.registry.aliases()) + [v.id for v in self.registry.versions()] + [BASE]
 
     # ---- loading -------------------------------------------------------------------------
-    def _base(self, name: str) -> _Loaded:
-        from tuneloop.models.load import load_model, load_tokenizer, resolve_model
-        from tuneloop.models.tokens import ensure_template
+    def loaded_versions(self) -> list[str]:
+        """Version ids whose weights are in memory, sorted (for /health)."""
+        return sorted(self._handles)
 
+    def _base(self, name: str) -> _Loaded:
         path = resolve_model(name)
         if path not in self._bases:
             if Path(path).is_dir():
                 check_safetensors(Path(path))
-            tok = load_tokenizer(path)
-            ensure_template(tok)
+            tok = chat_tokenizer(path)
             model = load_model(path, self.placement)
             model.eval()
             self._bases[path] = _Loaded(model, tok)
@@ -149,16 +168,10 @@ class ModelPool:
             return h
 
     def _load_version(self, vid: str) -> Handle:
-        from peft import PeftModel
-
-        from tuneloop.models.load import load_model, load_tokenizer
-        from tuneloop.models.tokens import ensure_template
-
         assert self.registry is not None
         v = self.registry.get(vid)
         check_safetensors(v.weights_dir)
-        tok = load_tokenizer(str(v.path / "tokenizer"))
-        ensure_template(tok)
+        tok = chat_tokenizer(str(v.path / "tokenizer"))
         if v.kind == "model":  # a full fine-tune: its own weights
             model = load_model(str(v.weights_dir), self.placement)
             model.eval()
@@ -182,9 +195,6 @@ class ModelPool:
     # ---- prompts -------------------------------------------------------------------------
     def chat_prompt(self, h: Handle, messages: list[tuple[str, str]]) -> list[int]:
         """Token ids of a conversation plus the generation prompt, in the model's template."""
-        from tuneloop.records import Message
-        from tuneloop.models.tokens import encode_prompt
-
         return encode_prompt(h.loaded.tok, [Message(r, c) for r, c in messages])
 
     def text_prompt(self, h: Handle, prompt: str) -> list[int]:
@@ -194,14 +204,8 @@ class ModelPool:
     # ---- generation ----------------------------------------------------------------------
     def _stop_ids(self, tok) -> list[int]:
         """The template's end-of-turn token and EOS (found once per tokenizer)."""
-        from tuneloop.models.tokens import end_of_turn_id
-
         if id(tok) not in self._stops:
-            try:
-                eot = end_of_turn_id(tok)
-            except TuneloopError:
-                eot = None
-            self._stops[id(tok)] = sorted({eot, tok.eos_token_id} - {None})
+            self._stops[id(tok)] = stop_ids(tok, strict=False)
         return self._stops[id(tok)]
 
     def _activate(self, h: Handle):
@@ -212,56 +216,45 @@ class ModelPool:
             return nullcontext()
         return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
 
-    def _generate(self, h: Handle, rows: list[list[int]], ps: list[Params], streamer=None,
-                  cancel=None) -> list[Generation]:
-        """Generate for one or more prompts of one model (left-padded batch); holds the lock."""
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        class _Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), bool(cancel and cancel.is_set()),
-                                  dtype=torch.bool, device=input_ids.device)
-
+    def generate_rows(self, h: Handle, rows: list[list[int]], ps: list[Params], streamer=None,
+                      cancel: threading.Event | None = None) -> list[Generation]:
+        """Generate for one or more prompts of one model with transformers' `generate`
+        (left-padded batch; sampling, seeds, stop strings, streaming); holds the lock."""
         tok, p = h.loaded.tok, ps[0]
-        stop_ids = self._stop_ids(tok)
-        kw: dict[str, Any] = {"max_new_tokens": max(q.max_tokens for q in ps), "eos_token_id": stop_ids,
+        eos = self._stop_ids(tok)
+        kw: dict[str, Any] = {"max_new_tokens": max(q.max_tokens for q in ps), "eos_token_id": eos,
                               "pad_token_id": tok.pad_token_id, "streamer": streamer,
-                              "stopping_criteria": StoppingCriteriaList([_Cancelled()])}
+                              "stopping_criteria": StoppingCriteriaList([_Cancelled(cancel)])}
         if p.stop:
             kw.update(stop_strings=p.stop, tokenizer=tok)
         if p.temperature:
             kw.update(do_sample=True, temperature=p.temperature, top_p=p.top_p or 1.0, top_k=0)
         else:  # greedy, as in evaluation: the same prompt gets the answer that was measured
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        width = max(len(r) for r in rows)
-        x = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(x)
-        for i, r in enumerate(rows):  # left padding: every prompt ends where generation starts
-            x[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
+        # Left padding: every prompt ends where generation starts.
+        x, mask = pad_batch(rows, tok.pad_token_id, "left")
+        width = x.shape[1]
         with self.lock:
-            dev = next(h.loaded.model.parameters()).device
+            dev = model_device(h.loaded.model)
             if p.seed is not None:
                 torch.manual_seed(p.seed)
             with self._activate(h), self._autocast(), torch.no_grad():
                 out = h.loaded.model.generate(input_ids=x.to(dev), attention_mask=mask.to(dev), **kw)
-        return [self._result(h, tok, rows[i], out[i, width:].tolist()[:q.max_tokens], stop_ids, q.stop)
+        return [self._result(h, tok, rows[i], out[i, width:].tolist()[:q.max_tokens], eos, q.stop)
                 for i, q in enumerate(ps)]
 
     def _greedy_batch(self, h: Handle, rows: list[list[int]], ps: list[Params]) -> list[Generation]:
-        """The batcher's decoder: the evaluation runner's greedy loop, which runs the prompt
-        prefix every row shares (chat template, system turn) once and reuses its KV cache."""
-        from tuneloop.evaluate.runner import common_prefix_len, greedy_ids
-
+        """The batcher's decoder: evaluation's greedy loop, which runs the prompt prefix every
+        row shares (chat template, system turn) once and reuses its KV cache."""
         tok = h.loaded.tok
-        stop_ids = self._stop_ids(tok)
+        eos = self._stop_ids(tok)
         shared = common_prefix_len(rows) if len(rows) > 1 else 0
         with self.lock:
-            dev = next(h.loaded.model.parameters()).device
+            dev = model_device(h.loaded.model)
             with self._activate(h), self._autocast(), torch.no_grad():
-                new = greedy_ids(h.loaded.model, rows, shared, tok.pad_token_id, dev, stop_ids,
+                new = greedy_ids(h.loaded.model, rows, shared, tok.pad_token_id, dev, eos,
                               max(q.max_tokens for q in ps))
-        return [self._result(h, tok, rows[i], new[i].tolist()[:q.max_tokens], stop_ids, q.stop)
+        return [self._result(h, tok, rows[i], new[i].tolist()[:q.max_tokens], eos, q.stop)
                 for i, q in enumerate(ps)]
 
     def _autocast(self):
@@ -271,9 +264,9 @@ class ModelPool:
         return nullcontext()
 
     @staticmethod
-    def _result(h: Handle, tok, prompt: list[int], new: list[int], stop_ids: list[int],
+    def _result(h: Handle, tok, prompt: list[int], new: list[int], eos: list[int],
                 stops: list[str]) -> Generation:
-        cut = next((k for k, t in enumerate(new) if t in stop_ids), None)
+        cut = next((k for k, t in enumerate(new) if t in eos), None)
         finish = "stop" if cut is not None else "length"
         text = tok.decode(new[:cut] if cut is not None else new, skip_special_tokens=True)
         for s in stops:
@@ -326,10 +319,8 @@ class ModelPool:
         """One completion (blocking; call it from a worker thread)."""
         if self.batchable(p):
             return self.submit(h, ids, p).result()
-        return self._generate(h, [ids], [p])[0]
+        return self.generate_rows(h, [ids], [p])[0]
 
     def stream(self, h: Handle, ids: list[int], p: Params) -> StreamJob:
         """Start a completion whose text arrives piece by piece (iterate the job)."""
-        from tuneloop.serve.stream import StreamJob
-
         return StreamJob(self, h, ids, p)

@@ -25,10 +25,12 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
     select,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
 
 from tuneloop.config import Config
 from tuneloop.errors import TuneloopError
@@ -80,6 +82,15 @@ def _from_db(dt: datetime) -> datetime:
     return dt.replace(tzinfo=UTC)
 
 
+def _between(q, column, since: datetime | None, until: datetime | None):
+    """The query limited to since <= column < until (either bound optional)."""
+    if since is not None:
+        q = q.where(column >= _to_db(since))
+    if until is not None:
+        q = q.where(column < _to_db(until))
+    return q
+
+
 class TrafficStore:
     """Append requests and feedback; read them back by time window (oldest first)."""
 
@@ -92,8 +103,6 @@ class TrafficStore:
             if db and db != ":memory:" and not db.startswith(("file:", "sqlite:")):
                 Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
             else:  # in-memory: one shared connection, or every thread would see its own empty DB
-                from sqlalchemy.pool import StaticPool
-
                 kwargs["poolclass"] = StaticPool
             # Server handlers run in a threadpool: one connection may be used by several threads.
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
@@ -152,19 +161,10 @@ class TrafficStore:
                  model: str | None = None) -> list[dict]:
         """Logged requests in [since, until), oldest first; optionally of one model name."""
         t = requests_table
-        q = select(t)
-        if since is not None:
-            q = q.where(t.c.created >= _to_db(since))
-        if until is not None:
-            q = q.where(t.c.created < _to_db(until))
+        q = _between(select(t), t.c.created, since, until)
         if model is not None:
             q = q.where(t.c.model == model)
-        q = q.order_by(t.c.created, t.c.request_id)
-        with self.engine.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(q)]
-        for r in rows:
-            r["created"] = _from_db(r["created"])
-        return rows
+        return self._rows(q.order_by(t.c.created, t.c.request_id))
 
     def feedback(self, since: datetime | None = None, until: datetime | None = None) -> list[dict]:
         """Feedback in [since, until) joined with its request, oldest first."""
@@ -172,11 +172,10 @@ class TrafficStore:
         q = select(f.c.request_id, f.c.rating, f.c.corrected, f.c.label, f.c.created,
                    r.c.input_text, r.c.output_text, r.c.model, r.c.version,
                    r.c.request_json).join(r, f.c.request_id == r.c.request_id)
-        if since is not None:
-            q = q.where(f.c.created >= _to_db(since))
-        if until is not None:
-            q = q.where(f.c.created < _to_db(until))
-        q = q.order_by(f.c.created, f.c.id)
+        return self._rows(_between(q, f.c.created, since, until).order_by(f.c.created, f.c.id))
+
+    def _rows(self, q) -> list[dict]:
+        """The query's rows as dicts, `created` as an aware UTC datetime."""
         with self.engine.connect() as conn:
             rows = [dict(x._mapping) for x in conn.execute(q)]
         for x in rows:
@@ -185,8 +184,6 @@ class TrafficStore:
 
     def count_requests(self, status: int | None = None) -> int:
         """Number of logged requests (optionally with one status code)."""
-        from sqlalchemy import func
-
         q = select(func.count()).select_from(requests_table)
         if status is not None:
             q = q.where(requests_table.c.status == status)

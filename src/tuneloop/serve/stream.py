@@ -5,8 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from tuneloop.serve.engine import Generation, Handle, ModelPool, Params
+from transformers import TextIteratorStreamer
+
+if TYPE_CHECKING:  # annotations only: the engine imports this module to start streams
+    from tuneloop.serve.engine import Generation, Handle, ModelPool, Params
 
 
 class StreamJob:
@@ -16,8 +20,6 @@ class StreamJob:
     """
 
     def __init__(self, pool: ModelPool, h: Handle, ids: list[int], p: Params):
-        from transformers import TextIteratorStreamer
-
         self.cancel = threading.Event()
         self.result: Generation | None = None
         self.error: BaseException | None = None
@@ -31,7 +33,7 @@ class StreamJob:
 
     def _work(self, pool: ModelPool, h: Handle, ids: list[int], p: Params) -> None:
         try:
-            self.result = pool._generate(h, [ids], [p], self._streamer, self.cancel)[0]
+            self.result = pool.generate_rows(h, [ids], [p], self._streamer, self.cancel)[0]
         except BaseException as e:  # re-raised in the consumer's thread
             self.error = e
             self._streamer.end()

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from tuneloop.config import Config
+from tuneloop.models.generate import pad_batch
 from tuneloop.models.tokens import IGNORE, Encoded
+from tuneloop.train.packing import collate_packed
 
 
 @dataclass
@@ -72,15 +75,8 @@ class BatchPlan:
 
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a micro-batch; padding is masked out of attention and loss."""
-    width = max(len(e.input_ids) for e in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    attn = torch.zeros((len(items), width), dtype=torch.long)
-    for i, e in enumerate(items):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        attn[i, :n] = 1
+    ids, attn = pad_batch([e.input_ids for e in items], pad_id)
+    labels, _ = pad_batch([e.labels for e in items], IGNORE)
     return {"input_ids": ids, "labels": labels, "attention_mask": attn}
 
 
@@ -89,3 +85,24 @@ def eval_batches(items: list[Encoded], batch_size: int, pad_id: int):
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     for s in range(0, len(order), batch_size):
         yield collate([items[i] for i in order[s:s + batch_size]], pad_id)
+
+
+def plan_for(cfg: Config, items: list[Encoded], processes: int = 1, rank: int = 0) -> BatchPlan:
+    """The batch plan of a run: the training recipe, `train --dry-run` and `select` all use this one."""
+    lengths = [len(e.input_ids) for e in items] \
+        if cfg.train.group_by_length and not cfg.train.packing else None
+    return BatchPlan(len(items), cfg.train.batch_size, processes, rank, cfg.seed, lengths=lengths)
+
+
+def total_steps(cfg: Config, plan: BatchPlan) -> int:
+    """Optimizer steps of the run: train.max_steps, else the epochs' worth of micro-batches."""
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    return max(1, math.ceil(cfg.train.epochs * plan.per_epoch / cfg.train.grad_accum))
+
+
+def micro_batch(items: list[Encoded], pad_id: int, cfg: Config) -> dict[str, torch.Tensor]:
+    """One micro-batch: packed rows (train.packing) or right-padded rows."""
+    if cfg.train.packing:
+        return collate_packed(items)
+    return collate(items, pad_id)

@@ -25,7 +25,7 @@ import torch
 from tuneloop.models.load import Placement, tuneloop_home
 from tuneloop.runs import atomic_write_text
 
-VERSION = 7  # 7: the real architecture; 6: bf16 residual, fast LoRA dropout
+VERSION = 8  # 8: train_step (clipping, Accelerate autocast); 7: the real architecture
 PROBE_ROWS, PROBE_WIDTH = (2, 8), 128  # two batch sizes; half of each row is a target
 
 
@@ -71,9 +71,21 @@ def saved_activation_bytes(model, rows: int, width: int) -> int:
     """Activation bytes autograd saves for backward in one forward, counted on the meta device.
 
     Saved tensors include weights (kept for input gradients); counting `rows` and `2*rows`
-    and taking the difference leaves only what grows with the batch.
+    and taking the difference leaves only what grows with the batch. Leaving out attention maps
+    (the fused kernels keep none), that grows linearly with the tokens, so it is counted at a
+    short width that no dimension of the model equals, where an attention map is the only
+    (.., w, w) tensor, and scaled to `width`. (Counted at `width` itself, a width equal to the
+    hidden or MLP size had those activations taken for attention maps and left out.)
     """
-    return _saved_bytes(model, 2 * rows, width) - _saved_bytes(model, rows, width)
+    w = _count_width(model.config)
+    return round((_saved_bytes(model, 2 * rows, w) - _saved_bytes(model, rows, w)) * width / w)
+
+
+def _count_width(config) -> int:
+    """A sequence length that no size of `config` equals."""
+    sizes = {getattr(config, k, None) for k in ("hidden_size", "intermediate_size", "head_dim",
+                                                "num_attention_heads", "num_key_value_heads")}
+    return next(w for w in (13, 17, 19, 23, 29, 31, 37) if w not in sizes)
 
 
 def _saved_bytes(model, rows: int, width: int) -> int:
@@ -115,35 +127,37 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def probe(device: str, precision: str, model_path: str) -> dict:
+def probe(device: str, precision: str, model_path: str, kernels: str = "auto") -> dict:
     """The micro-benchmark itself (run in a fresh process): FLOP rate, per-step overhead, memory.
 
     Two batch sizes separate the FLOP rate from a per-step cost that does not grow with the
     tokens (the per-op cost of thousands of small kernels, the optimizer). The probe is the
     real architecture (random weights from its config.json, nothing loaded): a small stand-in
-    Llama had underpredicted the bundled model's steps by 23-28%.
+    Llama had underpredicted the bundled model's steps by 23-28%. Its model is set up, and each
+    step run, by train/step.py, exactly as the training recipe does (`kernels`: train.cpu_kernels).
     """
     import resource
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tuneloop.config import MethodConfig
-    from tuneloop.train.cpu.prepare import prepare_cpu_model, release_freed_memory
+    from tuneloop.config import MethodConfig, TrainConfig
     from tuneloop.train.loss import TargetLoss
-    from tuneloop.train.methods import count_parameters, wrap
+    from tuneloop.train.methods import count_parameters
+    from tuneloop.train.step import accelerator_for, optimizer_for, prepare_model, train_step
 
     base_rss = _rss()
+    placement = Placement(device, precision)
+    acc = accelerator_for(placement)
     config = AutoConfig.from_pretrained(model_path)
     sizes = model_sizes(config)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    train = TrainConfig(cpu_kernels=kernels)
     torch.manual_seed(0)
-    model = wrap(AutoModelForCausalLM.from_config(config), MethodConfig()).to(device)
-    if device == "cpu":  # as the training loop does
-        prepare_cpu_model(model, precision)
-    model.train()
+    base = AutoModelForCausalLM.from_config(config).to(device)
+    model = prepare_model(base, MethodConfig(), placement, train, PROBE_WIDTH)
     loss = TargetLoss(model)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     trainable, total = count_parameters(model)
+    model, opt = acc.prepare(model, optimizer_for(model, train))
+    model.train()
     init_rss = _rss()
     g = torch.Generator().manual_seed(0)
     points = []
@@ -156,13 +170,7 @@ def probe(device: str, precision: str, model_path: str) -> dict:
         times = []
         for i in range(3):
             t = time.perf_counter()
-            with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
-                s, n = loss(model, batch)
-            (s / n).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if device == "cpu":
-                release_freed_memory()
+            train_step(model, loss, [batch], opt, None, acc, train.max_grad_norm)
             if device == "cuda":
                 torch.cuda.synchronize()
             if i:  # the first step allocates and warms up
@@ -170,6 +178,7 @@ def probe(device: str, precision: str, model_path: str) -> dict:
         flops = step_flops(sizes, False, trainable, rows * width, width,
                            int((labels[:, 1:] != -100).sum()))
         points.append((flops, min(times)))
+    loss.remove()
     (f1, t1), (f2, t2) = points
     rate = (f2 - f1) / (t2 - t1) if t2 > t1 else f2 / t2
     per_param = (t1 - f1 / rate) / total if rate > 0 else -1.0
@@ -192,21 +201,22 @@ def _arch_key(model_path: str) -> str:
     return f"{c.model_type}:{sizes['layers']}x{sizes['hidden']}:v{c.vocab_size}:{sizes['body']}"
 
 
-def calibration_key(placement: Placement, model_path: str) -> str:
-    """The cache key: this machine and the architecture."""
-    return f"{machine_key(placement)}|{_arch_key(model_path)}"
+def calibration_key(placement: Placement, model_path: str, kernels: str = "auto") -> str:
+    """The cache key: this machine, the architecture and train.cpu_kernels."""
+    return f"{machine_key(placement)}|{_arch_key(model_path)}|kernels={kernels}"
 
 
-def calibration(placement: Placement, model_path: str, refresh: bool = False) -> dict:
+def calibration(placement: Placement, model_path: str, refresh: bool = False,
+                kernels: str = "auto") -> dict:
     """This machine's calibration for this architecture, measured once (seconds), then cached."""
     path = tuneloop_home() / "calibration.json"
-    key = calibration_key(placement, model_path)
+    key = calibration_key(placement, model_path, kernels)
     cache = json.loads(path.read_text()) if path.exists() else {}
     if key in cache and not refresh:
         return cache[key] | {"cached": True}
     code = ("import json, sys; from tuneloop.train.calibrate import probe; "
             f"print(json.dumps(probe({placement.device!r}, {placement.precision!r}, "
-            f"{model_path!r})))")
+            f"{model_path!r}, {kernels!r})))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     cal = json.loads(res.stdout.strip().splitlines()[-1])
     cache = json.loads(path.read_text()) if path.exists() else {}  # another process may have written

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from tuneloop.config import Config
 from tuneloop.models.tokens import IGNORE, Encoded
-from tuneloop.train.batches import BatchPlan
+from tuneloop.train.batches import BatchPlan, micro_batch, plan_for, total_steps
+from tuneloop.train.cpu.prepare import cpu_kernels
 
 SAMPLE_STEPS = 200  # planned steps whose batch shapes are averaged (all, for shorter runs)
 
 
 def _batch_shapes(cfg: Config, items: list[Encoded], plan: BatchPlan, steps: int) -> list[dict]:
     """Positions, row width and targets of the planned micro-batches (up to SAMPLE_STEPS)."""
-    from tuneloop.train.recipe import micro_batch
-
     shapes = []
     for k in range(min(steps, SAMPLE_STEPS) * cfg.train.grad_accum):
         chosen = [items[i] for i in plan.indices(k)]
@@ -53,14 +52,14 @@ def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, pla
     )
     from tuneloop.train.methods import count_parameters
 
-    plan = plan or BatchPlan(len(items), cfg.train.batch_size, 1, 0, cfg.seed)
+    plan = plan or plan_for(cfg, items)
     config = AutoConfig.from_pretrained(model_path)
     sizes = model_sizes(config)
     model = meta_model(config, cfg.method)
     trainable, total = count_parameters(model)
     full = cfg.method.name == "full"
     lora = 0 if full else trainable
-    cal = calibration(placement, model_path=model_path)
+    cal = calibration(placement, model_path=model_path, kernels=cfg.train.cpu_kernels)
     rate = cal["flops_per_s"]
     shapes = _batch_shapes(cfg, items, plan, steps)
     fixed = cal["seconds_per_param"] * total
@@ -79,7 +78,8 @@ def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, pla
     half = placement.precision in ("bf16", "fp16")
     if placement.device == "cuda" and half:
         weight_bytes = total * 2
-    elif half and not full:  # the loop stores the frozen linears in the compute dtype
+    elif half and not full and cpu_kernels(config.model_type, placement, cfg.train.cpu_kernels):
+        # the CPU kernels store the frozen linears in the compute dtype
         weight_bytes = (total - sizes["body"]) * 4 + sizes["body"] * 2
     else:
         weight_bytes = total * 4
@@ -115,7 +115,6 @@ def dry_run(cfg: Config) -> dict:
     from tuneloop.data.load import load_splits
     from tuneloop.models.load import choose_placement, load_tokenizer, resolve_model
     from tuneloop.models.tokens import encode_all, ensure_template
-    from tuneloop.train.recipe import total_steps
 
     splits = load_splits(cfg)
     path = resolve_model(cfg.model.name)
@@ -123,9 +122,7 @@ def dry_run(cfg: Config) -> dict:
     ensure_template(tok)
     items, rep = encode_all(tok, splits.train, cfg.model.max_seq_len, cfg.train.loss_on)
     _, vrep = encode_all(tok, splits.validation, cfg.model.max_seq_len, cfg.train.loss_on)
-    lengths = [len(e.input_ids) for e in items] \
-        if cfg.train.group_by_length and not cfg.train.packing else None
-    plan = BatchPlan(len(items), cfg.train.batch_size, 1, 0, cfg.seed, lengths=lengths)
+    plan = plan_for(cfg, items)
     steps = total_steps(cfg, plan)
     placement = choose_placement(cfg.model.device, cfg.model.dtype)
     return {"config": cfg.model_dump(mode="json"), "data": splits.describe(),

@@ -92,12 +92,19 @@ class TargetLoss:
         self.chunk = chunk
         self._hidden: list[torch.Tensor] = []
         self._armed = False
+        self._handle = None
         if self.selective:
             lm = _causal_lm(unwrapped)
             self.head = lm.get_output_embeddings()
             # A hook, not a direct body call: the forward must go through the DDP wrapper so
-            # gradient synchronisation still happens.
-            lm.get_decoder().register_forward_hook(self._capture)
+            # gradient synchronisation still happens. The handle is kept: `remove` detaches it.
+            self._handle = lm.get_decoder().register_forward_hook(self._capture)
+
+    def remove(self) -> None:
+        """Detach the hook from the decoder (the model is then as it was before)."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
     def _capture(self, module, args, output) -> None:
         if self._armed:  # other callers of the model (generation) keep nothing here

@@ -55,11 +55,15 @@ def load_base(path: str, placement, m: MethodConfig):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-def wrap(model, m: MethodConfig):
-    """Attach the method's trainable parameters; for `full`, train every weight."""
+def wrap(model, m: MethodConfig, lora_layers: dict[type, type] | None = None):
+    """Attach the method's trainable parameters; for `full`, train every weight.
+
+    `lora_layers` (target class -> LoRA layer class) goes to peft's custom-layer dispatch, so
+    peft itself builds those LoRA layers (the CPU kernels' FusedLoraLinear).
+    """
     if m.init_adapter:
-        return _from_adapter(model, m)
-    cfg = peft_config(m)
+        return _from_adapter(model, m, lora_layers)
+    cfg = _with_layers(peft_config(m), lora_layers)
     if cfg is None:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -73,7 +77,14 @@ def wrap(model, m: MethodConfig):
                             "set method.target_modules") from e
 
 
-def _from_adapter(model, m: MethodConfig):
+def _with_layers(cfg, lora_layers: dict[type, type] | None):
+    """`cfg` with `lora_layers` registered where it is a LoRA config (peft's experimental API)."""
+    if lora_layers and hasattr(cfg, "_register_custom_module"):
+        cfg._register_custom_module(lora_layers)
+    return cfg
+
+
+def _from_adapter(model, m: MethodConfig, lora_layers: dict[type, type] | None = None):
     """Continue training a saved adapter; only safetensors weights are accepted (no pickle)."""
     from pathlib import Path
 
@@ -88,33 +99,12 @@ def _from_adapter(model, m: MethodConfig):
                             "(only safetensors adapters are loaded)")
     if m.name == "full":
         raise TuneloopError("method.init_adapter needs a peft method, not 'full'")
-    return PeftModel.from_pretrained(model, folder, is_trainable=True)
+    cfg = None  # peft reads it from the folder
+    if lora_layers:
+        from peft import PeftConfig
 
-
-def frozen_to_compute_dtype(model, precision: str) -> int:
-    """Store every frozen weight in the bf16/fp16 compute dtype; returns how many were cast.
-
-    Under autocast a matmul casts its fp32 weight to bf16 on every call, and the cast is only
-    cached for weights that train, so a frozen base pays a full copy of itself per step and
-    keeps fp32 weights it never updates. Frozen norms and embeddings go too: the embedding then
-    yields bf16 hidden states, so the whole residual stream runs in bf16 and no layer casts its
-    fp32 input again before each of its 7 projections (and their LoRA branches). Measured on the
-    bundled model this took a LoRA step from about 175 to 235 tokens/s and cut saved
-    activations; RMSNorm still normalises in fp32 internally, and validation loss matched the
-    fp32-residual run within 1% (benchmarks/train_throughput.py). Trainable weights stay fp32
-    (autocast computes with them in bf16, the optimizer updates fp32 masters).
-    """
-    import torch
-
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
-        return 0
-    cast = 0
-    for p in model.parameters():
-        if not p.requires_grad and p.dtype == torch.float32:
-            p.data = p.data.to(dtype)
-            cast += 1
-    return cast
+        cfg = _with_layers(PeftConfig.from_pretrained(folder), lora_layers)
+    return PeftModel.from_pretrained(model, folder, is_trainable=True, config=cfg)
 
 
 def count_parameters(model) -> tuple[int, int]:

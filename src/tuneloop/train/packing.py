@@ -8,19 +8,19 @@ goes with the batch, and `packed_sdpa` runs one causal scaled-dot-product attent
 example. A block-diagonal mask over the whole row would give the same numbers, but it computes
 (and on CPU, runs through a slower masked kernel) the full row-length squared score matrix, of
 which only the diagonal blocks are used: measured, attention then took about a quarter of a
-LoRA step on the bundled model. On CPU the per-example attention is one autograd node with a
-cheaper backward (train/packed_attention.py); flash-attention-2 on CUDA reads the same
-`cu_seq_lens_q` itself.
+LoRA step on the bundled model. With the CPU kernels (train.cpu_kernels) the per-example
+attention is one autograd node with a cheaper backward (cpu/packed_attention.py);
+flash-attention-2 on CUDA reads the same `cu_seq_lens_q` itself.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 
 from tuneloop.models.tokens import IGNORE, Encoded
-from tuneloop.train.cpu.packed_attention import packed_causal_attention
 
 ATTENTION = "tuneloop_packed_sdpa"
 
@@ -47,6 +47,12 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     Signature of a transformers attention function: query/key/value are (batch, heads, length,
     head_dim); returns (batch, length, heads, head_dim) and no weights.
     """
+    return attend_packed(module, query, key, value, attention_mask, dropout, scaling, kwargs)
+
+
+def attend_packed(module, query, key, value, attention_mask, dropout, scaling, kwargs,
+                  whole_row: Callable | None = None):
+    """packed_sdpa's body; `whole_row(q, k, v, bounds, scale)`, if given, attends a packed row at once."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = kwargs.pop("cu_seq_lens_q", None)
@@ -54,29 +60,46 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     b = bounds.tolist()
-    if query.device.type == "cpu" and not dropout:
-        return packed_causal_attention(query, key, value, b, scaling), None
+    if whole_row is not None and not dropout:
+        return whole_row(query, key, value, b, scaling), None
     out = [sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None,
                                   dropout=dropout, scaling=scaling, is_causal=True)[0]
            for s, e in itertools.pairwise(b) if e > s]
     return torch.cat(out, dim=1), None
 
 
-def use_packed_attention(model, max_len: int) -> bool:
-    """Switch the model's attention to `packed_sdpa`; False where it would change the numbers.
+def attention_of(model) -> str | None:
+    """The model's attention implementation (transformers offers no public getter for it)."""
+    return model.config._attn_implementation
 
-    Only models on plain sdpa/eager attention switch; a sliding window shorter than the longest
-    example (Gemma 3's local layers) keeps the model's own masked attention.
+
+def set_attention(model, name: str, fn: Callable) -> None:
+    """Register `fn` as transformers attention `name` and switch `model` to it.
+
+    Through transformers' own hooks: AttentionInterface.register (an idempotent registry entry,
+    made here, when a run asks for it, never at import) and set_attn_implementation.
     """
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+    AttentionInterface.register(name, fn)
+    # Unpacked calls (validation batches, generation) still get sdpa's usual masks.
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal_lm.set_attn_implementation(name)
+
+
+def use_packed_attention(model, max_len: int) -> bool:
+    """Switch the model's attention to `packed_sdpa`; False where it would change the numbers.
+
+    Only models on plain sdpa/eager attention switch; a sliding window shorter than the longest
+    example (Gemma 3's local layers) or soft-capped attention scores keep the model's own
+    masked attention.
+    """
     config = model.config
     window = getattr(config, "sliding_window", None)
-    if config._attn_implementation not in ("sdpa", "eager", ATTENTION) or (window and window < max_len):
+    if (attention_of(model) not in ("sdpa", "eager", ATTENTION) or (window and window < max_len)
+            or getattr(config, "attn_logit_softcapping", None)):
         return False
-    AttentionInterface.register(ATTENTION, packed_sdpa)
-    # Unpacked calls (validation batches, generation) still get sdpa's usual masks.
-    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
-    config._attn_implementation = ATTENTION
+    set_attention(model, ATTENTION, packed_sdpa)
     return True

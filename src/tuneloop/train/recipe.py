@@ -1,33 +1,39 @@
-"""The training recipe, top to bottom: setup -> train -> save -> cleanup.
+"""The training recipe, top to bottom: setup -> fit -> save -> cleanup.
 
 Built on Accelerate, so the same code runs on a laptop CPU (bf16 autocast where the CPU has
-AMX), one GPU, or `accelerate launch` / `tuneloop train --nproc N` with DDP.
+AMX), one GPU, or `accelerate launch` / `tuneloop train --nproc N` with DDP. Each optimizer
+step is train/step.py's `train_step`, the one the cost probes measure.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from tuneloop.config import Config
-from tuneloop.data.load import load_splits
-from tuneloop.records import fingerprint
+from tuneloop.data.load import Splits, load_splits
 from tuneloop.errors import TuneloopError
-from tuneloop.models.load import choose_placement, load_tokenizer, resolve_model
-from tuneloop.models.tokens import IGNORE, Encoded, encode_all, ensure_template
+from tuneloop.models.load import Placement, choose_placement, load_tokenizer, resolve_model
+from tuneloop.models.tokens import Encoded, EncodeReport, encode_all, ensure_template
+from tuneloop.records import fingerprint
 from tuneloop.runs import environment, new_run_dir, write_json
 from tuneloop.train import checkpoint
-from tuneloop.train.batches import BatchPlan, collate, eval_batches
-from tuneloop.train.cpu.prepare import prepare_cpu_model, release_freed_memory
+from tuneloop.train.batches import BatchPlan, micro_batch, plan_for, total_steps
 from tuneloop.train.loss import TargetLoss
-from tuneloop.train.methods import count_parameters, load_base, wrap
-from tuneloop.train.packing import collate_packed, use_packed_attention
+from tuneloop.train.methods import count_parameters, load_base
+from tuneloop.train.progress import MetricsLog, progress_bar, truncate_metrics
+from tuneloop.train.step import (
+    accelerator_for,
+    optimizer_for,
+    prepare_model,
+    train_step,
+    validation_loss,
+)
 
 
 @dataclass
@@ -45,258 +51,248 @@ class LoopState:
     history: list = field(default_factory=list)
 
 
-def total_steps(cfg: Config, plan: BatchPlan) -> int:
-    if cfg.train.max_steps:
-        return cfg.train.max_steps
-    return max(1, math.ceil(cfg.train.epochs * plan.per_epoch / cfg.train.grad_accum))
+@dataclass
+class Recipe:
+    """What setup builds for fit, save and cleanup."""
+
+    cfg: Config
+    acc: Any  # accelerate.Accelerator
+    placement: Placement
+    splits: Splits
+    tok: Any
+    train_items: list[Encoded]
+    val_items: list[Encoded]
+    reports: dict[str, EncodeReport]
+    model: Any  # prepared by the Accelerator
+    loss_fn: TargetLoss
+    optimizer: Any
+    scheduler: Any
+    plan: BatchPlan
+    steps: int
+    params: tuple[int, int]  # (trainable, total)
+    run: Path
+    state: LoopState
 
 
-def micro_batch(items: list[Encoded], pad_id: int, cfg: Config) -> dict[str, torch.Tensor]:
-    """One micro-batch: packed rows (train.packing) or right-padded rows."""
-    if cfg.train.packing:
-        return collate_packed(items)
-    return collate(items, pad_id)
+@dataclass
+class Fit:
+    """How fitting ended."""
 
-
-def validation_loss(model, loss_fn: TargetLoss, items: list[Encoded], batch_size: int, pad_id: int,
-                    accelerator) -> float:
-    """Token-weighted mean loss on assistant tokens over the whole validation set."""
-    model.eval()
-    total = torch.zeros(2, device=accelerator.device)
-    shard = items[accelerator.process_index::accelerator.num_processes]
-    with torch.no_grad():
-        for batch in eval_batches(shard, batch_size, pad_id):
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.autocast():
-                loss_sum, n = loss_fn(model, batch)
-            total += torch.stack([loss_sum.float(), n.float()])
-    model.train()
-    total = accelerator.reduce(total, "sum")
-    return (total[0] / total[1].clamp(min=1)).item()
+    train_loss: float | None = None
+    stopped_early: bool = False
+    best_weights: dict | None = None  # trainable weights at the best validation loss
 
 
 def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple[Path, dict]:
     """Fine-tune per `cfg`; returns (run folder, summary). `resume` continues a run folder."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    r = setup(cfg, resume)
+    out = fit(r, quiet)
+    summary = save(r, out)
+    cleanup(r)
+    return r.run, summary
+
+
+def setup(cfg: Config, resume: Path | None) -> Recipe:
+    """Data, tokens, model, optimizer, schedule and run folder; restores a checkpoint on resume."""
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
-    # ---- setup -----------------------------------------------------------------------------
     placement = choose_placement(cfg.model.device, cfg.model.dtype)
-    # Accelerate keeps its precision in a process-wide singleton; a second train() in the same
-    # process with another precision (fp32 then bf16) would be refused. The process group
-    # (PartialState) is kept, so DDP is unaffected.
-    AcceleratorState._reset_state()
-    acc = Accelerator(cpu=placement.device == "cpu", mixed_precision=placement.mixed_precision)
+    acc = accelerator_for(placement)
     set_seed(cfg.seed)
     splits = load_splits(cfg)
     model_path = resolve_model(cfg.model.name) if acc.is_main_process else None
-    acc.wait_for_everyone()
+    acc.wait_for_everyone()  # the main process converts a GGUF once; the others then read it
     model_path = model_path or resolve_model(cfg.model.name)
     tok = load_tokenizer(model_path)
     ensure_template(tok)
     train_items, train_rep = encode_all(tok, splits.train, cfg.model.max_seq_len, cfg.train.loss_on)
     val_items, val_rep = encode_all(tok, splits.validation, cfg.model.max_seq_len, cfg.train.loss_on)
-    model = wrap(load_base(model_path, placement, cfg.method), cfg.method)
-    if cfg.train.packing:
-        # Otherwise the model's own attention isolates the examples through a block-diagonal
-        # mask it builds from the restarting position_ids: the same numbers, more compute.
-        use_packed_attention(model, cfg.model.max_seq_len)
-    if placement.device == "cpu":
-        prepare_cpu_model(model, placement.precision)
-    if cfg.train.gradient_checkpointing:
-        # Non-reentrant: works with frozen inputs (LoRA) and restores the RNG for dropout.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = prepare_model(load_base(model_path, placement, cfg.method), cfg.method, placement,
+                          cfg.train, cfg.model.max_seq_len)
     loss_fn = TargetLoss(model)  # before acc.prepare: it hooks the unwrapped decoder
     if cfg.train.packing and not loss_fn.selective:
         raise TuneloopError(f"train.packing does not work with method {cfg.method.name!r} (its "
                             "virtual tokens would span packed examples); set train.packing: false")
-    trainable, total_params = count_parameters(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate,
-                                  weight_decay=cfg.train.weight_decay)
-    plan = BatchPlan(len(train_items), cfg.train.batch_size, acc.num_processes,
-                     acc.process_index, cfg.seed,
-                     lengths=[len(e.input_ids) for e in train_items]
-                     if cfg.train.group_by_length and not cfg.train.packing else None)
+    params = count_parameters(model)
+    optimizer = optimizer_for(model, cfg.train)
+    plan = plan_for(cfg, train_items, acc.num_processes, acc.process_index)
     steps = total_steps(cfg, plan)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * steps), steps)
     model, optimizer = acc.prepare(model, optimizer)
+    r = Recipe(cfg, acc, placement, splits, tok, train_items, val_items,
+               {"train": train_rep, "validation": val_rep}, model, loss_fn, optimizer, scheduler,
+               plan, steps, params, _run_folder(cfg, resume, acc), LoopState())
+    if resume:
+        ckpt = checkpoint.latest(r.run / "checkpoints")
+        if ckpt is not None:
+            r.state = LoopState(**checkpoint.load(ckpt, acc.unwrap_model(model), optimizer, scheduler))
+            truncate_metrics(r.run / "metrics.jsonl", r.state.step)
+    elif acc.is_main_process:
+        _write_run_files(r)
+    return r
+
+
+def fit(r: Recipe, quiet: bool) -> Fit:
+    """Optimizer steps until the plan (or early stopping) ends; checkpoints, evaluates, logs."""
+    cfg, acc, state = r.cfg, r.acc, r.state
+    log = MetricsLog(r.run / "metrics.jsonl", acc.is_main_process)
+    bar, task = progress_bar(acc.is_main_process and not quiet, r.steps, state.step)
+    t0 = time.perf_counter() - state.elapsed
+    out = Fit()
+    r.model.train()
+    rng_at_step = None
+    try:
+        while state.step < r.steps:
+            rng_at_step = checkpoint.rng_state()
+            batches, tokens, positions = _step_batches(r)
+            out.train_loss, grad_norm = train_step(r.model, r.loss_fn, batches, r.optimizer,
+                                                   r.scheduler, acc, cfg.train.max_grad_norm)
+            state.step += 1
+            rng_at_step = None  # the step is complete
+            state.tokens += tokens * acc.num_processes
+            state.positions += positions * acc.num_processes
+            state.elapsed = time.perf_counter() - t0
+            tps = state.tokens / max(state.elapsed, 1e-9)
+            lr = r.scheduler.get_last_lr()[0]
+            log.write({"step": state.step,
+                       "epoch": round(r.plan.epoch_of(state.step * cfg.train.grad_accum), 4),
+                       "loss": out.train_loss, "lr": lr, "grad_norm": grad_norm,
+                       "tokens_per_s": tps, "elapsed_s": round(state.elapsed, 3)})
+            if bar:
+                bar.update(task, completed=state.step, loss=out.train_loss, lr=lr, tps=tps)
+            if r.val_items and (state.step % cfg.train.eval_every == 0 or state.step == r.steps):
+                _evaluate(r, log, out)
+            if acc.is_main_process and (state.step % cfg.train.save_every == 0 or out.stopped_early):
+                _checkpoint(r)
+            if out.stopped_early:
+                break
+    except KeyboardInterrupt:
+        _save_interrupted(r, rng_at_step)
+        raise
+    finally:
+        if bar:
+            bar.stop()
+        log.close()
+    return out
+
+
+def save(r: Recipe, out: Fit) -> dict:
+    """Write the adapter (or full model) and summary.json; returns the summary."""
+    cfg, state, acc = r.cfg, r.state, r.acc
+    unwrapped = acc.unwrap_model(r.model)
+    if out.best_weights is not None:
+        checkpoint.load_trainable(unwrapped, out.best_weights)
+    trainable, total_params = r.params
+    reports = r.reports
+    summary = {
+        "run_dir": str(r.run), "method": cfg.method.name, "model": cfg.model.name,
+        "steps": state.step, "planned_steps": r.steps,
+        "epochs": round(r.plan.epoch_of(state.step * cfg.train.grad_accum), 3),
+        "train_loss": out.train_loss,
+        "val_loss": state.last_val, "val_ppl": math.exp(state.last_val) if state.last_val else None,
+        "best_val_loss": None if math.isinf(state.best_val) else state.best_val,
+        "best_step": state.best_step, "stopped_early": out.stopped_early,
+        "weights": "best" if out.best_weights is not None else "final",
+        "tokens_seen": state.tokens, "train_seconds": round(state.elapsed, 2),
+        "tokens_per_s": round(state.tokens / max(state.elapsed, 1e-9), 1),
+        "padding_fraction": round(1 - state.tokens / max(state.positions, 1), 4),
+        "trainable_params": trainable, "total_params": total_params,
+        "examples": {"train": len(r.train_items), "validation": len(r.val_items)},
+        "skipped": len(r.splits.skipped),
+        "truncated": {k: rep.truncated for k, rep in reports.items()},
+        "device": r.placement.device, "precision": r.placement.precision,
+        "processes": acc.num_processes, "seed": cfg.seed}
+    if acc.is_main_process:
+        target = r.run / ("model" if cfg.method.name == "full" else "adapter")
+        unwrapped.save_pretrained(target, safe_serialization=True)
+        write_json(r.run / "summary.json", summary)
+    acc.wait_for_everyone()
+    return summary
+
+
+def cleanup(r: Recipe) -> None:
+    """Detach the loss hook and end the Accelerator's tracking (the process group stays)."""
+    r.loss_fn.remove()
+    r.acc.end_training()
+
+
+def _run_folder(cfg: Config, resume: Path | None, acc) -> Path:
+    """The resumed folder, or a new one made by the main process and shared with the others."""
     run = Path(resume) if resume else (new_run_dir(cfg) if acc.is_main_process else None)
     if acc.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
         run = Path(broadcast_object_list([str(run) if run else None])[0])
-    state = LoopState()
-    if resume:
-        ckpt = checkpoint.latest(run / "checkpoints")
-        if ckpt is not None:
-            state = LoopState(**checkpoint.load(ckpt, acc.unwrap_model(model), optimizer, scheduler))
-            _truncate_metrics(run / "metrics.jsonl", state.step)
-    elif acc.is_main_process:
-        (run / "config.yaml").write_text(cfg.to_yaml())
-        write_json(run / "environment.json", environment(placement) | {"processes": acc.num_processes})
-        write_json(run / "data.json", {
-            "format": splits.format, "counts": splits.describe(), "skipped": splits.skipped[:50],
-            "fingerprint": {"train": fingerprint(splits.train),
-                            "validation": fingerprint(splits.validation),
-                            "test": fingerprint(splits.test)},
-            "tokens": {"train": train_rep.as_dict(), "validation": val_rep.as_dict()}})
-        tok.save_pretrained(run / "tokenizer")
-
-    # ---- train -----------------------------------------------------------------------------
-    log = _Logger(run / "metrics.jsonl", acc.is_main_process)
-    best_weights = None
-    ga = cfg.train.grad_accum
-    show = acc.is_main_process and not quiet
-    bar, task = _progress(show, steps, state.step)
-    t0 = time.perf_counter() - state.elapsed
-    model.train()
-    stopped_early = False
-    train_loss = None
-    in_step, rng_at_step = False, None
-    try:
-        while state.step < steps:
-            rng_at_step, in_step = checkpoint.rng_state(), True
-            tokens, positions, batches = 0, 0, []
-            for micro in range(ga):
-                items = [train_items[i] for i in plan.indices(state.step * ga + micro)]
-                tokens += sum(len(e.input_ids) for e in items)
-                batch = micro_batch(items, tok.pad_token_id, cfg)
-                positions += batch["input_ids"].numel()
-                batches.append({k: v.to(acc.device) for k, v in batch.items()})
-            # Token-weighted over the whole optimizer step (every micro-batch, every process):
-            # N processes with global batch B then follow the same trajectory as one with B.
-            n_step = sum((b["labels"][:, 1:] != IGNORE).sum() for b in batches).float()
-            if acc.num_processes > 1:
-                n_step = acc.reduce(n_step, "sum")
-            n_step = n_step.clamp(min=1)
-            step_sum = torch.zeros((), device=acc.device)
-            for micro, batch in enumerate(batches):
-                sync = nullcontext() if micro == ga - 1 else acc.no_sync(model)
-                with sync:
-                    loss_sum, _ = loss_fn(model, batch)
-                    # DDP averages gradients over processes; scale back to a global token sum.
-                    acc.backward(loss_sum * acc.num_processes / n_step)
-                step_sum += loss_sum.detach().float()
-            grad_norm = None
-            if cfg.train.max_grad_norm:
-                grad_norm = float(acc.clip_grad_norm_(params, cfg.train.max_grad_norm))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if placement.device == "cpu":
-                release_freed_memory()
-            state.step += 1
-            in_step = False
-            state.tokens += tokens * acc.num_processes
-            state.positions += positions * acc.num_processes
-            state.elapsed = time.perf_counter() - t0
-            train_loss = (acc.reduce(step_sum, "sum") / n_step).item()
-            lr = scheduler.get_last_lr()[0]
-            log.write({"step": state.step, "epoch": round(plan.epoch_of(state.step * ga), 4),
-                       "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
-                       "tokens_per_s": state.tokens / max(state.elapsed, 1e-9),
-                       "elapsed_s": round(state.elapsed, 3)})
-            if bar:
-                bar.update(task, completed=state.step, loss=train_loss, lr=lr,
-                           tps=state.tokens / max(state.elapsed, 1e-9))
-            if val_items and (state.step % cfg.train.eval_every == 0 or state.step == steps):
-                val = validation_loss(model, loss_fn, val_items, cfg.eval.batch_size,
-                                      tok.pad_token_id, acc)
-                state.last_val = val
-                log.write({"step": state.step, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
-                if val < state.best_val - 1e-6:
-                    state.best_val, state.best_step, state.bad_evals = val, state.step, 0
-                    if cfg.train.early_stopping_patience:
-                        best_weights = checkpoint.trainable_state(acc.unwrap_model(model))
-                else:
-                    state.bad_evals += 1
-                    pat = cfg.train.early_stopping_patience
-                    if pat and state.bad_evals >= pat:
-                        stopped_early = True
-            if acc.is_main_process and (state.step % cfg.train.save_every == 0 or stopped_early):
-                checkpoint.save(run / "checkpoints", state.step, acc.unwrap_model(model),
-                                optimizer, scheduler, state.__dict__)
-            if stopped_early:
-                break
-    except KeyboardInterrupt:
-        # Save where the last completed step left off, with the RNG as it was then, so a
-        # resume replays the interrupted step exactly.
-        if acc.is_main_process:
-            if in_step:  # the RNG has moved on inside the unfinished step
-                checkpoint.set_rng_state(rng_at_step)
-            checkpoint.save(run / "checkpoints", state.step, acc.unwrap_model(model),
-                            optimizer, scheduler, state.__dict__)
-            from tuneloop.console import err
-            err.print(f"Interrupted at step {state.step}; resume with "
-                      f"`tuneloop train --resume {run}`")
-        raise
-    finally:
-        if bar:
-            bar.stop()
-
-    # ---- save ------------------------------------------------------------------------------
-    unwrapped = acc.unwrap_model(model)
-    if best_weights is not None:
-        checkpoint.load_trainable(unwrapped, best_weights)
-    summary = {
-        "run_dir": str(run), "method": cfg.method.name, "model": cfg.model.name,
-        "steps": state.step, "planned_steps": steps, "epochs": round(plan.epoch_of(state.step * ga), 3),
-        "train_loss": train_loss,
-        "val_loss": state.last_val, "val_ppl": math.exp(state.last_val) if state.last_val else None,
-        "best_val_loss": None if math.isinf(state.best_val) else state.best_val,
-        "best_step": state.best_step, "stopped_early": stopped_early,
-        "weights": "best" if best_weights is not None else "final",
-        "tokens_seen": state.tokens, "train_seconds": round(state.elapsed, 2),
-        "tokens_per_s": round(state.tokens / max(state.elapsed, 1e-9), 1),
-        "padding_fraction": round(1 - state.tokens / max(state.positions, 1), 4),
-        "trainable_params": trainable, "total_params": total_params,
-        "examples": {"train": len(train_items), "validation": len(val_items)},
-        "skipped": len(splits.skipped),
-        "truncated": {"train": train_rep.truncated, "validation": val_rep.truncated},
-        "device": placement.device, "precision": placement.precision,
-        "processes": acc.num_processes, "seed": cfg.seed}
-    if acc.is_main_process:
-        target = run / ("model" if cfg.method.name == "full" else "adapter")
-        unwrapped.save_pretrained(target, safe_serialization=True)
-        write_json(run / "summary.json", summary)
-    acc.wait_for_everyone()
-    # ---- cleanup ---------------------------------------------------------------------------
-    acc.end_training()
-    return run, summary
+    return run
 
 
-class _Logger:
-    """Appends metrics.jsonl lines, flushed each time so a crash loses nothing written."""
+def _write_run_files(r: Recipe) -> None:
+    """config.yaml, environment.json, data.json and the tokenizer: what the run started from."""
+    cfg, splits = r.cfg, r.splits
+    (r.run / "config.yaml").write_text(cfg.to_yaml())
+    write_json(r.run / "environment.json",
+               environment(r.placement) | {"processes": r.acc.num_processes})
+    write_json(r.run / "data.json", {
+        "format": splits.format, "counts": splits.describe(), "skipped": splits.skipped[:50],
+        "fingerprint": {"train": fingerprint(splits.train),
+                        "validation": fingerprint(splits.validation),
+                        "test": fingerprint(splits.test)},
+        "tokens": {k: rep.as_dict() for k, rep in r.reports.items()}})
+    r.tok.save_pretrained(r.run / "tokenizer")
 
-    def __init__(self, path: Path, enabled: bool):
-        self.f = open(path, "a", encoding="utf-8") if enabled else None
 
-    def write(self, rec: dict) -> None:
-        if self.f:
-            self.f.write(json.dumps(rec) + "\n")
-            self.f.flush()
+def _step_batches(r: Recipe) -> tuple[list[dict[str, torch.Tensor]], int, int]:
+    """This process's micro-batches for the next step, on its device; and their tokens, positions."""
+    ga = r.cfg.train.grad_accum
+    tokens, positions, batches = 0, 0, []
+    for micro in range(ga):
+        items = [r.train_items[i] for i in r.plan.indices(r.state.step * ga + micro)]
+        tokens += sum(len(e.input_ids) for e in items)
+        batch = micro_batch(items, r.tok.pad_token_id, r.cfg)
+        positions += batch["input_ids"].numel()
+        batches.append({k: v.to(r.acc.device) for k, v in batch.items()})
+    return batches, tokens, positions
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines logged after the checkpoint we resume from: one consistent history."""
-    if not path.exists():
+def _evaluate(r: Recipe, log: MetricsLog, out: Fit) -> None:
+    """Validation loss; tracks the best weights and early stopping."""
+    state, patience = r.state, r.cfg.train.early_stopping_patience
+    val = validation_loss(r.model, r.loss_fn, r.val_items, r.cfg.eval.batch_size,
+                          r.tok.pad_token_id, r.acc)
+    state.last_val = val
+    log.write({"step": state.step, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
+    if val < state.best_val - 1e-6:
+        state.best_val, state.best_step, state.bad_evals = val, state.step, 0
+        if patience:
+            out.best_weights = checkpoint.trainable_state(r.acc.unwrap_model(r.model))
+    else:
+        state.bad_evals += 1
+        out.stopped_early = bool(patience and state.bad_evals >= patience)
+
+
+def _checkpoint(r: Recipe) -> None:
+    checkpoint.save(r.run / "checkpoints", r.state.step, r.acc.unwrap_model(r.model),
+                    r.optimizer, r.scheduler, r.state.__dict__)
+
+
+def _save_interrupted(r: Recipe, rng_at_step: dict | None) -> None:
+    """On Ctrl-C, checkpoint where the last completed step left off, so a resume replays the rest.
+
+    Inside a step (`rng_at_step` given) the RNG is first put back to where the step began, so the
+    replayed step draws the same dropout masks. If the update was already applied (the
+    scheduler has moved past the last logged step) no consistent checkpoint can be written:
+    the last periodic one stays the latest.
+    """
+    if not r.acc.is_main_process:
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    from tuneloop.console import err
 
-
-def _progress(show: bool, total: int, done: int):
-    if not show:
-        return None, None
-    from rich.progress import TextColumn
-
-    from tuneloop.console import progress
-
-    bar = progress(False, TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.1e} "
-                                     "{task.fields[tps]:.0f} tok/s"))
-    task = bar.add_task("train", total=total, completed=done, loss=float("nan"), lr=0.0, tps=0.0)
-    bar.start()
-    return bar, task
+    if r.scheduler.last_epoch > r.state.step:
+        err.print(f"Interrupted after step {r.state.step + 1} was applied but not recorded; "
+                  f"resume with `tuneloop train --resume {r.run}` (from the last checkpoint)")
+        return
+    if rng_at_step is not None:
+        checkpoint.set_rng_state(rng_at_step)
+    _checkpoint(r)
+    err.print(f"Interrupted at step {r.state.step}; resume with `tuneloop train --resume {r.run}`")

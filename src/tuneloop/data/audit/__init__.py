@@ -5,6 +5,6 @@ plus score (score and training recommendation) and card (Markdown, HTML and JSON
 """
 
 from tuneloop.data.audit.findings import Finding
-from tuneloop.data.audit.run import AuditOptions, AuditReport, run_audit
+from tuneloop.data.audit.run import AuditReport, run_audit
 
-__all__ = ["AuditOptions", "AuditReport", "Finding", "run_audit"]
+__all__ = ["AuditReport", "Finding", "run_audit"]

@@ -10,7 +10,9 @@ from tuneloop.data.audit.text import jaccard, normalise, words
 ANSWER_AGREE = 0.5  # free-text answers sharing at least half their words count as the same
 
 
-def _differ(a: Record, b: Record) -> bool:
+def differ(a: Record, b: Record) -> bool:
+    """Whether two records give different answers: labels differ, or free-text answers share
+    less than ANSWER_AGREE of their words."""
     if a.label is not None or b.label is not None:
         return a.label != b.label
     if normalise(a.output) == normalise(b.output):
@@ -25,8 +27,8 @@ def conflict_findings(recs: list[Record], near_threshold: float, num_perm: int) 
                                                                     num_perm)]
     groups = []
     for g in clusters(len(recs), pairs):
-        if any(_differ(recs[g[0]], recs[i]) for i in g[1:]) or any(
-                _differ(recs[i], recs[j]) for i in g for j in g if i < j):
+        if any(differ(recs[g[0]], recs[i]) for i in g[1:]) or any(
+                differ(recs[i], recs[j]) for i in g for j in g if i < j):
             groups.append(g)
     if not groups:
         return []

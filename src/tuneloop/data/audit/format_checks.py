@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.data.audit.findings import Finding
-from tuneloop.data.audit.records import AuditSet
 from tuneloop.records import ROLES
+
+if TYPE_CHECKING:  # an annotation only: records.py imports chat_problems from here
+    from tuneloop.data.audit.records import AuditSet
 
 MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id"}
 

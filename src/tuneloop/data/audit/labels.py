@@ -45,7 +45,7 @@ def _softmax_regression(x: np.ndarray, y: np.ndarray, classes: int, c: float) ->
     fitted by full-batch L-BFGS in torch: the same probabilities as sklearn's lbfgs to ~0.03 at
     ~1/5 of its CPU time on 10,000 x 384 (measured), which is what keeps a 10k audit under a
     minute. Returns (weights, bias) stacked as one [dim + 1, classes] array."""
-    import torch
+    import torch  # why: only the embedding checks need it; `data audit --no-embeddings` stays light
 
     xs, ys = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y)
     w = torch.zeros(x.shape[1] + 1, classes, requires_grad=True)
@@ -66,6 +66,7 @@ def _softmax_regression(x: np.ndarray, y: np.ndarray, classes: int, c: float) ->
 def out_of_fold_probs(emb: np.ndarray, y: np.ndarray, folds: int, seed: int,
                       c: float = 10.0) -> np.ndarray:
     """Out-of-fold class probabilities of a logistic regression on the embeddings."""
+    # why: torch and sklearn serve only the embedding checks; `--no-embeddings` stays light.
     import torch
     from sklearn.model_selection import StratifiedKFold
 
@@ -91,6 +92,7 @@ def suspect_indices(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Indices of likely label errors, worst first: cleanlab's estimate of how many there are,
     taken from the bottom of the self-confidence ranking (cleanlab's own recipe; its
     find_label_issues filters flagged ~2x more at half the precision on 77-class banking77)."""
+    # why: cleanlab (seconds to import) serves only the mislabel check, which needs embeddings.
     from cleanlab.count import num_label_issues
     from cleanlab.rank import get_label_quality_scores
 

@@ -9,6 +9,7 @@ import numpy as np
 from tuneloop.data.audit.findings import Finding
 from tuneloop.data.audit.records import Record
 from tuneloop.data.audit.text import normalise, words
+from tuneloop.models.tokens import ensure_template, render
 
 TRIVIAL = {"", "n/a", "na", "none", "null", "-", "...", "?", "ok", "todo", "tbd", "same"}
 
@@ -17,8 +18,6 @@ def token_lengths(recs: list[Record], tok: Any | None) -> tuple[list[int], str]:
     """Token count of each rendered record; word counts when no tokenizer is available."""
     if tok is None:
         return [len(words(" ".join(m.content for m in r.example.messages))) for r in recs], "words"
-    from tuneloop.models.tokens import ensure_template, render
-
     ensure_template(tok)
     texts = [render(tok, r.example.messages) for r in recs]
     # One batched call to the fast tokenizer: far quicker than encoding record by record.

@@ -9,7 +9,7 @@ CHUNK = 2048  # rows per block: 2048 x 10k float32 similarities is ~80 MB
 
 def knn(emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k cosine similarities and indices of each row to the other rows (self excluded)."""
-    import torch
+    import torch  # why: only the embedding checks need it; `data audit --no-embeddings` stays light
 
     n = len(emb)
     k = max(0, min(k, n - 1))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.config import DataConfig, TaskConfig
+from tuneloop.data.audit.format_checks import chat_problems
 from tuneloop.data.formats import Normaliser, RecordError
 from tuneloop.data.io import RawRow, read_rows
 from tuneloop.records import Example
@@ -51,8 +52,6 @@ def record_id(raw: RawRow, mapped: dict[str, Any] | None) -> str:
 
 def read_set(path: str | Path, data: DataConfig, task: TaskConfig) -> AuditSet:
     """Read every row; collect all problems (not only the first) instead of raising."""
-    from tuneloop.data.audit.format_checks import chat_problems
-
     norm = Normaliser(data, task)
     fmt: str | None = None
     records: list[Record] = []

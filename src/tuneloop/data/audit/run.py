@@ -9,28 +9,14 @@ from typing import Any
 import numpy as np
 
 from tuneloop.config import Config
+from tuneloop.console import progress as bar
 from tuneloop.data.audit import conflicts, dedup, format_checks, hygiene, labels, leakage, pii
 from tuneloop.data.audit.findings import Finding, sort_findings
 from tuneloop.data.audit.lengths import length_findings, token_lengths
 from tuneloop.data.audit.neighbours import knn
 from tuneloop.data.audit.records import read_set
 from tuneloop.data.audit.score import recommend, score
-
-
-@dataclass
-class AuditOptions:
-    """Thresholds of the checks; the defaults suit 100-10,000 short records."""
-
-    near_threshold: float = 0.7  # word 5-gram Jaccard for near duplicates
-    semantic_threshold: float = 0.95  # MiniLM cosine alone for paraphrase duplicates, or ...
-    semantic_min_cosine: float | None = None  # ... this cosine (None: the config's audit section)
-    semantic_word_overlap: float | None = None  # ... and word-set Jaccard (None: the config's)
-    leak_semantic_threshold: float = 0.75  # MiniLM cosine to the nearest eval record ...
-    leak_word_overlap: float = 0.6  # ... and word-set Jaccard with it, for a reworded leak
-    num_perm: int = 128  # MinHash permutations
-    min_per_class: int = 10
-    embeddings: bool = True  # semantic duplicates, mislabels and outliers need MiniLM
-    seed: int = 0
+from tuneloop.models.embed import embed
 
 
 @dataclass
@@ -65,12 +51,12 @@ def against_files(path: Path, cfg: Config, extra: list[str | Path]) -> list[Path
 
 
 def run_audit(path: str | Path, cfg: Config, against: list[str | Path] = (),
-              opts: AuditOptions | None = None, tokenizer: Any | None = None,
+              tokenizer: Any | None = None, embeddings: bool = True,
               progress: bool = False) -> AuditReport:
-    """Audit one data file; never raises on bad records (they become findings)."""
-    from tuneloop.console import progress as bar
-
-    opts = opts or AuditOptions()
+    """Audit one data file with the thresholds of `cfg.audit`; never raises on bad records
+    (they become findings). `embeddings=False` skips the MiniLM checks (semantic duplicates,
+    mislabels, outliers)."""
+    opts = cfg.audit
     path = Path(path)
     aset = read_set(path, cfg.data, cfg.task)
     recs = aset.valid
@@ -81,9 +67,7 @@ def run_audit(path: str | Path, cfg: Config, against: list[str | Path] = (),
     with bar(disable=not progress) as pb:
         task = pb.add_task("audit", total=7)
         emb, other_emb = None, {}
-        if opts.embeddings and recs:
-            from tuneloop.models.embed import embed
-
+        if embeddings and recs:
             pb.update(task, description="audit: embeddings")
             emb = embed([r.input for r in recs])
             other_emb = {p: embed([o.input for o in rs]) for p, rs in others}
@@ -92,10 +76,7 @@ def run_audit(path: str | Path, cfg: Config, against: list[str | Path] = (),
         nn = knn(emb, 10) if emb is not None else None
         findings += dedup.duplicate_findings(
             recs, opts.near_threshold, opts.num_perm, emb, opts.semantic_threshold, nn,
-            cfg.audit.semantic_min_cosine if opts.semantic_min_cosine is None
-            else opts.semantic_min_cosine,
-            cfg.audit.semantic_word_overlap if opts.semantic_word_overlap is None
-            else opts.semantic_word_overlap)
+            opts.semantic_min_cosine, opts.semantic_word_overlap)
         findings += conflicts.conflict_findings(recs, opts.near_threshold, opts.num_perm)
         pb.update(task, advance=1, description="audit: leakage")
         for p, rs in others:
@@ -109,7 +90,7 @@ def run_audit(path: str | Path, cfg: Config, against: list[str | Path] = (),
         if classification:
             findings += labels.distribution_findings(recs, cfg.task.labels, opts.min_per_class)
             if emb is not None:
-                findings += labels.mislabel_findings(recs, emb, opts.seed)
+                findings += labels.mislabel_findings(recs, emb, cfg.seed)
         if emb is not None:
             findings += labels.outlier_findings(recs, emb, nn=nn)
         pb.update(task, advance=1, description="audit: pii and hygiene")

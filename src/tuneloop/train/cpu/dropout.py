@@ -10,7 +10,8 @@ threshold: about 4x cheaper, from the same seeded torch generator (runs stay rep
 The drop probability is rounded to a multiple of 1/65536 (0.05 becomes 0.0500031), and the
 kept values are scaled by 1/(1 - that probability), so the expectation is exactly preserved.
 The mask is applied in the autocast dtype: the A matmul would round its input to it anyway.
-CUDA keeps torch's own fused dropout, which is already cheap there.
+CUDA keeps torch's own fused dropout, which is already cheap there. FusedLoraLinear
+(cpu/fused_lora.py) builds its adapters' dropout as FastDropout.
 """
 
 from __future__ import annotations
@@ -71,16 +72,3 @@ class FastDropout(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p:.7f}"
 
-
-def use_fast_lora_dropout(model) -> int:
-    """Swap every LoRA dropout (nn.Dropout with p > 0) for FastDropout; returns how many."""
-    swapped = 0
-    for module in model.modules():
-        drops = getattr(module, "lora_dropout", None)
-        if not isinstance(drops, torch.nn.ModuleDict):
-            continue
-        for name, d in list(drops.items()):
-            if isinstance(d, torch.nn.Dropout) and d.p > 0:
-                drops[name] = FastDropout(d.p)
-                swapped += 1
-    return swapped

@@ -12,21 +12,24 @@ product, and the update added in place (the 1/(1-p) dropout scale folded into th
 scaling, where it costs r instead of in_features per token). It keeps only x (which q, k and
 v, or gate and up, share), the keep mask and the rank-r product, so saved activations
 shrink too. Adapter weights stay fp32 masters and are used in the compute dtype, as autocast
-would; their gradients come back in fp32. The masks are FastDropout's (train/dropout.py), from
+would; their gradients come back in fp32. The masks are FastDropout's (cpu/dropout.py), from
 the same seeded generator.
 
 Only plain single-adapter LoRA on a frozen `nn.Linear` in training takes this path;
 evaluation, generation, DoRA, a trained base weight or bias, merged or disabled adapters and
 mixed-adapter batches run peft's own forward.
+
+`FusedLoraLinear` is attached through peft's custom-layer dispatch
+(`LoraConfig._register_custom_module`, peft's documented experimental API): peft itself builds
+it for every `nn.Linear` target, so no module is swapped after the fact.
 """
 
 from __future__ import annotations
 
-import types
-
 import torch
+from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
-from tuneloop.train.cpu.dropout import LEVELS, drop_levels, keep_mask
+from tuneloop.train.cpu.dropout import LEVELS, FastDropout, drop_levels, keep_mask
 
 
 class LoraLinear(torch.autograd.Function):
@@ -65,31 +68,32 @@ class LoraLinear(torch.autograd.Function):
         return grad_x, None, None, grad_a.float(), grad_b.float(), None, None
 
 
-def _fused_forward(self, x, *args, **kwargs):
-    """peft lora.Linear.forward, through LoraLinear when the layer allows it."""
-    adapters = self.active_adapters
-    if (args or kwargs or not self.training or not torch.is_grad_enabled() or x.device.type != "cpu"
-            or self.merged or self.disable_adapters or len(adapters) != 1):
-        return type(self).forward(self, x, *args, **kwargs)
-    name, base = adapters[0], self.base_layer
-    trains_base = base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)
-    if (trains_base or name not in self.lora_A or name in self.lora_variant
-            or self.lora_B[name].bias is not None):
-        return type(self).forward(self, x, *args, **kwargs)
-    levels = drop_levels(getattr(self.lora_dropout[name], "p", 0.0))
-    alpha = self.scaling[name] / (1.0 - levels / LEVELS)
-    return LoraLinear.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
-                            alpha, levels)
+class FusedLoraLinear(PeftLoraLinear):
+    """peft's LoRA Linear, trained through LoraLinear with FastDropout masks where it allows."""
+
+    def update_layer(self, adapter_name, *args, **kwargs):
+        """peft's update_layer, then the adapter's dropout becomes FastDropout (same p, cheaper masks)."""
+        super().update_layer(adapter_name, *args, **kwargs)
+        drop = self.lora_dropout[adapter_name]
+        if isinstance(drop, torch.nn.Dropout) and drop.p > 0:
+            self.lora_dropout[adapter_name] = FastDropout(drop.p)
+
+    def forward(self, x, *args, **kwargs):
+        """peft's forward, through LoraLinear when the layer allows it."""
+        adapters = self.active_adapters
+        if (args or kwargs or not self.training or not torch.is_grad_enabled()
+                or x.device.type != "cpu" or self.merged or self.disable_adapters
+                or len(adapters) != 1 or self.fan_in_fan_out):
+            return super().forward(x, *args, **kwargs)
+        name, base = adapters[0], self.base_layer
+        trains_base = base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)
+        if (trains_base or name not in self.lora_A or name in self.lora_variant
+                or self.lora_B[name].bias is not None):
+            return super().forward(x, *args, **kwargs)
+        levels = drop_levels(getattr(self.lora_dropout[name], "p", 0.0))
+        alpha = self.scaling[name] / (1.0 - levels / LEVELS)
+        return LoraLinear.apply(x, base.weight, base.bias, self.lora_A[name].weight,
+                                self.lora_B[name].weight, alpha, levels)
 
 
-def use_fused_lora(model) -> int:
-    """Route every plain LoRA nn.Linear of `model` through LoraLinear in training; returns how many."""
-    from peft.tuners.lora.layer import Linear as PeftLoraLinear
-
-    fused = 0
-    for module in model.modules():
-        if (isinstance(module, PeftLoraLinear) and isinstance(module.base_layer, torch.nn.Linear)
-                and not module.fan_in_fan_out):
-            module.forward = types.MethodType(_fused_forward, module)
-            fused += 1
-    return fused
+LORA_LAYERS = {torch.nn.Linear: FusedLoraLinear}  # peft's dispatch: target class -> LoRA layer class

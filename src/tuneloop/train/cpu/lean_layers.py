@@ -11,20 +11,18 @@ micro-batch), the two largest activation stores outside the LoRA layers were:
   recomputes silu(gate) in the backward (one cheap element-wise pass): a third less.
 
 Both are exact reformulations (same dtypes, same formulas), checked against the transformers
-modules in tests/test_lean_layers.py. They apply to the Llama-family classes listed below, only
-in training with frozen norm weights; everything else runs the model's own forward.
+modules in tests/test_lean_layers.py and tests/test_cpu_kernels.py. They apply to the classes an
+architecture lists in cpu/prepare.py (those whose forward is exactly Llama's), only in training
+with frozen norm weights; everything else runs the model's own forward.
 """
 
 from __future__ import annotations
 
 import types
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-
-# Classes whose forward is exactly Llama's (Gemma's norm scales by 1 + weight: not listed).
-RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
-MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}
 
 
 class RMSNorm(torch.autograd.Function):
@@ -78,15 +76,19 @@ def _mlp_forward(self, x):
     return self.down_proj(SwiGLU.apply(self.gate_proj(x), self.up_proj(x)))
 
 
-def use_lean_layers(model) -> int:
-    """Route the model's Llama-style RMSNorms and SiLU MLPs through the lean versions; returns how many."""
+def use_lean_layers(model, norms: Sequence[type], mlps: Sequence[type]) -> int:
+    """Route the model's `norms` and SiLU `mlps` (instances of those classes) through the lean versions.
+
+    Returns how many modules now take the lean path. The forward is bound on each instance, not
+    patched on the class, so other models of the same class are untouched.
+    """
     swapped = 0
     for module in model.modules():
-        name = type(module).__name__
-        if name in RMS_NORMS and hasattr(module, "variance_epsilon"):
+        if isinstance(module, tuple(norms)) and hasattr(module, "variance_epsilon"):
             module.forward = types.MethodType(_norm_forward, module)
             swapped += 1
-        elif name in MLPS and getattr(getattr(module, "config", None), "hidden_act", None) == "silu":
+        elif (isinstance(module, tuple(mlps))
+              and getattr(getattr(module, "config", None), "hidden_act", None) == "silu"):
             module.forward = types.MethodType(_mlp_forward, module)
             swapped += 1
     return swapped

@@ -13,7 +13,7 @@ group, and key/value gradients sum over the group inside the matmul.
 
 Numerics match eager bf16 attention (scores and probabilities in bf16, softmax computed in
 fp32 internally); gradients agree with autograd through torch's own kernel within bf16 noise,
-checked in tests/test_packing.py.
+checked in tests/test_packed_attention.py and, inside whole models, tests/test_cpu_kernels.py.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ import itertools
 
 import torch
 import torch.nn.functional as F
+
+from tuneloop.train.packing import attend_packed
+
+CPU_ATTENTION = "tuneloop_packed_sdpa_cpu"
 
 
 @functools.lru_cache(maxsize=32)
@@ -80,3 +84,10 @@ def packed_causal_attention(query, key, value, bounds: list[int], scale: float |
     """(1, L, heads, d) attention output, each packed example attending only to itself."""
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     return PackedCausalAttention.apply(query, key, value, bounds, scale)
+
+
+def packed_sdpa_cpu(module, query, key, value, attention_mask, dropout: float = 0.0,
+                    scaling: float | None = None, **kwargs):
+    """train/packing.py's packed_sdpa, with this file's backward for packed rows on CPU."""
+    whole_row = packed_causal_attention if query.device.type == "cpu" else None
+    return attend_packed(module, query, key, value, attention_mask, dropout, scaling, kwargs, whole_row)
