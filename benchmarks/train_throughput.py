@@ -101,8 +101,8 @@ def val_loss(model, tok, val: list[dict]) -> float:
     """Token-weighted validation loss on answer tokens: one function for both trainers."""
     import torch
 
-    from tuneloop.records import Example, Message
     from tuneloop.models.tokens import encode_all
+    from tuneloop.records import Example, Message
     from tuneloop.train.batches import eval_batches
     from tuneloop.train.loss import TargetLoss
 

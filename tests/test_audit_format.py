@@ -11,7 +11,6 @@ from tuneloop.data.audit import run_audit
 from tuneloop.errors import TuneloopError
 
 
-
 def chat(user: str, answer: str, **extra) -> str:
     return json.dumps({"messages": [{"role": "user", "content": user},
                                     {"role": "assistant", "content": answer}], **extra})

@@ -13,7 +13,7 @@ from tuneloop.train.batches import collate
 from tuneloop.train.cpu.dropout import FastDropout
 from tuneloop.train.cpu.fused_lora import FusedLoraLinear
 from tuneloop.train.cpu.packed_attention import CPU_ATTENTION
-from tuneloop.train.cpu.prepare import ARCHITECTURES, _lean_classes, cpu_kernels
+from tuneloop.train.cpu.prepare import ARCHITECTURES, cpu_kernels, lean_classes
 from tuneloop.train.loss import TargetLoss
 from tuneloop.train.packing import ATTENTION, attention_of, collate_packed
 from tuneloop.train.step import prepare_model
@@ -75,7 +75,7 @@ def test_kernels_match_the_library_forward_and_backward(model_type, packing):
     fused = sum(isinstance(m, FusedLoraLinear) for m in kern.modules())
     assert fused == 7 * SIZES["num_hidden_layers"]
     assert not any(isinstance(m, FusedLoraLinear) for m in ref.modules())
-    norms, mlps = _lean_classes(model_type)
+    norms, mlps = lean_classes(model_type)
     lean = sum("forward" in vars(m) for m in kern.modules())
     assert lean == sum(isinstance(m, norms + mlps) for m in kern.modules())
     assert (lean > 0) == (model_type != "gemma3_text")  # Gemma's norm and MLP are not Llama's

@@ -15,7 +15,9 @@ from tuneloop.monitor import drift
 from tuneloop.monitor.check import parse_window
 from tuneloop.monitor.traffic import bucket_edges, feedback_correct, feedback_label, raw_text
 
-CLINC = Path("/work/shared/data/clinc150")
+# The shared data folder sits beside the repository (REPO/../shared/data), wherever it is cloned.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CLINC = SHARED_DATA / "clinc150"
 
 
 def _cloud(n: int, shift: float, seed: int, d: int = 16) -> np.ndarray:
@@ -105,7 +107,8 @@ def test_windows_and_buckets():
     assert edges[0] <= times[0] and edges[-1] > times[-1] and 2 <= len(edges) <= 14
 
 
-@pytest.mark.skipif(not CLINC.exists(), reason="clinc150 not available")
+@pytest.mark.skipif(not CLINC.is_dir(), reason=f"no {CLINC}: the shared data folder is not "
+                    "beside this repository (REPO/../shared/data/clinc150)")
 def test_real_domain_shift_is_detected_and_same_domain_is_not():
     # MiniLM embeddings of real queries: banking train vs banking test (same) / travel (moved)
     from tuneloop.models.embed import embed

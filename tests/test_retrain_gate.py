@@ -1,23 +1,25 @@
 """Retrain data set (feedback + fresh + replay, audited), the gate's decision rule, frozen-set
-pinning, and one retrain -> gate -> promote turn on a tiny model."""
+pinning, and the gate on real models through the real scorer: a retrained challenger that
+learnt the task is promoted over a champion that did not (trained one step), and a challenger
+that is worse than, or the same as, the champion is not."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import LABELS, write_classification_project
+from conftest import LABELS, write_classification_project, write_rows
 from tuneloop.config import DEFAULT_CLASSIFY_TEMPLATE, load_config
 from tuneloop.errors import TuneloopError
-from tuneloop.retrain import gate as gate_mod
+from tuneloop.registry.registry import Registry
 from tuneloop.retrain.gate import compare, decide, pin_frozen, run_gate
 from tuneloop.retrain.retrain import build_dataset, retrain
 from tuneloop.serve.store import TrafficStore, store_url
-from tuneloop.registry.registry import Registry
 from tuneloop.train.recipe import train
 
 
@@ -44,30 +46,41 @@ def log_traffic(store: TrafficStore, texts: list[str], labels: list[str | None],
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model):
-    """A tiny project with a test set and one trained run (trained once per module)."""
+def trained(tmp_path_factory, learnable_model):
+    """A tiny project (24 training rows, a frozen test set of 16 held-out rows) and two runs of
+    it: `weak` (one step at learning rate 1e-6: the base model, the task not learnt) and
+    `strong` (20 steps at 1e-2: learnt)."""
     root = tmp_path_factory.mktemp("loop")
     cfg_path = write_classification_project(
-        root / "proj", tiny_model, n=24,
-        train={"epochs": 1, "batch_size": 8, "eval_every": 50, "save_every": 50},
+        root / "proj", learnable_model, n=24,
+        train={"epochs": 2, "batch_size": 8, "eval_every": 50, "save_every": 50,
+               "learning_rate": 1e-2},
         monitor={"min_requests": 10}, retrain={"replay_fraction": 0.5})
-    with open(cfg_path.parent / "test.jsonl", "w") as f:
-        for i in range(10):
-            lab = LABELS[i % 2]
-            text = ("my card still has not come " if lab == LABELS[0] else "exchange rate for euros ")
-            f.write(json.dumps({"text": text + str(100 + i), "label": lab}) + "\n")
-    run, _ = train(load_config(cfg_path, ["data.test=test.jsonl"]), quiet=True)
-    return cfg_path, run
+    write_rows(cfg_path.parent / "test.jsonl", range(100, 116))
+    runs = {name: train(load_config(cfg_path, ["data.test=test.jsonl", f"train.max_steps={steps}",
+                                               f"train.learning_rate={lr}", f"output.name={name}"]),
+                        quiet=True)[0]
+            for name, steps, lr in (("weak", 1, 1e-6), ("strong", 20, 1e-2))}
+    return cfg_path, runs
+
+
+def _registry_project(tmp_path, trained, champion: str, challenger: str | None = None):
+    """The project with its own registry (champion v1 = that run; a challenger v2 if given)
+    and output folder."""
+    cfg_path, runs = trained
+    cfg = load_config(cfg_path, ["data.test=test.jsonl", f"registry.dir={tmp_path / 'registry'}",
+                                 f"output.dir={tmp_path / 'runs'}"])
+    reg = Registry.from_config(cfg)
+    reg.register(runs[champion], note=champion)
+    if challenger:
+        reg.register(runs[challenger], note=challenger, alias="challenger")
+    return cfg
 
 
 @pytest.fixture
 def project(tmp_path, trained):
-    """The project with its own registry (champion v1 = the trained run) and output folder."""
-    cfg_path, run = trained
-    cfg = load_config(cfg_path, ["data.test=test.jsonl", f"registry.dir={tmp_path / 'registry'}",
-                                 f"output.dir={tmp_path / 'runs'}"])
-    Registry.from_config(cfg).register(run, note="first")
-    return cfg
+    """Champion v1 = the weak run: what a retrain on feedback has to beat."""
+    return _registry_project(tmp_path, trained, "weak")
 
 
 def _new_domain(n: int) -> tuple[list[str], list[str]]:
@@ -141,9 +154,19 @@ def test_frozen_set_is_pinned(tmp_path, project):
         pin_frozen(tmp_path, project.data.test, ex[:-1])
 
 
-def test_retrain_then_gate_promotes_a_better_challenger(project, monkeypatch):
+def _accuracy_by_eval(version, test_file, out_dir: Path) -> float:
+    """The evaluation stage's accuracy of a registered version on a file: a second scorer,
+    to check the gate's."""
+    from tuneloop.evaluate.suite import run_eval
+
+    res = run_eval(version.path, baselines="none", free_generation=False, n_boot=10, quiet=True,
+                   overrides=[f"data.test={test_file}"], out_dir=out_dir / version.id)
+    return res["systems"]["finetuned"]["metrics"]["accuracy"]["value"]
+
+
+def test_retrain_then_gate_promotes_a_better_challenger(project, tmp_path):
     store = TrafficStore(store_url(project))
-    texts, labels = _new_domain(40)
+    texts, labels = _new_domain(80)
     log_traffic(store, texts, labels, "v1")
     res = retrain(project)
     reg = Registry.from_config(project)
@@ -151,26 +174,51 @@ def test_retrain_then_gate_promotes_a_better_challenger(project, monkeypatch):
     v2 = reg.get("v2")
     assert v2.parent == "v1" and v2.config["method"]["init_adapter"].endswith("v1/adapter")
     assert res["audit"]["train_after_audit"] == res["data"]["counts"]["train"] - res["audit"]["dropped"]
+    assert res["data"]["counts"]["fresh_eval"] == 20  # a quarter of each label held out
 
-    # Real scoring runs; then the decision is forced both ways to check what each one records.
-    real = run_gate(project, promote=False)
-    assert real["fresh"]["n"] == 10 and real["frozen"]["n"] == 10
-    assert sum(v["n"] for v in real["fresh"]["by_label"].values()) == 10
-    assert (real["decision"] == "promote") == decide(real["fresh"], real["frozen"], 0.0, 0.05)[0]
-    assert reg.aliases()["champion"] == "v1"
+    d = run_gate(project)  # the real scorer: both versions answer both sets
+    fresh, frozen = d["fresh"], d["frozen"]
+    assert (fresh["n"], frozen["n"]) == (20, 16)
+    assert {k: v["n"] for k, v in fresh["by_label"].items()} == {LABELS[0]: 10, LABELS[1]: 10}
+    # the retrained challenger learnt the new traffic; the champion (the base, in effect) did not
+    assert fresh["challenger"] == 1.0 and fresh["champion"] <= 0.6
+    assert fresh["only_champion_correct"] == 0 and fresh["only_challenger_correct"] >= 8
+    assert fresh["p_value"] < 0.05 and fresh["improvement"] > project.retrain.margin
+    assert frozen["improvement"] >= 0  # replay kept the old task
+    # the evaluation stage scores both versions on the fresh slice the same way
+    for v, key in (("v1", "champion"), ("v2", "challenger")):
+        assert _accuracy_by_eval(reg.get(v), fresh["path"], tmp_path / "check") == fresh[key]
 
-    def fake(model, tok, examples, cfg):  # challenger right everywhere, champion wrong on fresh
-        is_chall = fake.calls >= 2  # order: champion frozen, fresh; challenger frozen, fresh
-        fake.calls += 1
-        fresh = examples[0].id.startswith("fb-")
-        return np.ones(len(examples)) if is_chall or not fresh else np.zeros(len(examples))
-    fake.calls = 0
-    monkeypatch.setattr(gate_mod, "per_example", fake)
-    d = run_gate(project)
     assert d["decision"] == "promote" and d["promoted"]
+    assert d["reasons"][0].endswith(": better")
+    assert d["reasons"][1].endswith(": no significant regression")
     assert reg.aliases()["champion"] == "v2" and "challenger" not in reg.aliases()
     assert reg.history()[-1]["evidence"]["challenger"] == "v2"
     assert json.loads(open(d["record"]).read())["decision"] == "promote"
+
+
+def test_gate_keeps_a_champion_the_challenger_does_not_beat(tmp_path, trained):
+    fresh_path = write_rows(tmp_path / "fresh.jsonl", range(300, 316))
+    # a worse challenger: the weak run against the trained champion
+    worse = _registry_project(tmp_path / "worse", trained, "strong", challenger="weak")
+    d = run_gate(worse, fresh_path=str(fresh_path))
+    assert d["decision"] == "keep_champion" and not d["promoted"]
+    assert d["fresh"]["champion"] == 1.0 > d["fresh"]["challenger"]
+    assert d["fresh"]["improvement"] < 0 and d["fresh"]["only_challenger_correct"] == 0
+    assert d["frozen"]["improvement"] < 0 and d["frozen"]["p_value"] < 0.05
+    assert d["reasons"][0].endswith(": not shown better")
+    assert d["reasons"][1].endswith(": significant regression")
+    reg = Registry.from_config(worse)
+    assert reg.aliases() == {"champion": "v1", "challenger": "v2"}
+    assert json.loads(open(d["record"]).read())["decision"] == "keep_champion"
+
+    # the same weights under a new version: no improvement, so no promotion either
+    same = _registry_project(tmp_path / "same", trained, "strong", challenger="strong")
+    d = run_gate(same, fresh_path=str(fresh_path))
+    assert d["decision"] == "keep_champion" and not d["promoted"]
+    assert d["fresh"]["improvement"] == 0 and d["fresh"]["p_value"] == 1.0
+    assert d["frozen"]["improvement"] == 0
+    assert Registry.from_config(same).aliases()["champion"] == "v1"
 
 
 def test_gate_needs_a_challenger(project):

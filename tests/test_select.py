@@ -1,6 +1,8 @@
-"""`tuneloop select` on tiny random models: ranking follows the measured numbers and the weights,
---max-memory drops what does not fit, a broken candidate is reported without stopping the rest,
-and --write changes only model.name."""
+"""`tuneloop select` on tiny models: of two candidates with one architecture, the one fine-tuned
+on the project's data wins, for the reasons the measured numbers give (in process and with each
+candidate in its own process); ranking follows the numbers and the weights; --max-memory drops
+what does not fit; a broken or missing candidate is reported without stopping the rest; and
+--write changes only model.name."""
 
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import write_classification_project
-from tiny import build_tiny_model
+from tiny import build_tiny_model, fit_tiny_model
 from tuneloop.cli import app
 from tuneloop.errors import TuneloopError
-from tuneloop.select.run import flat_metrics, parse_memory, run_select
 from tuneloop.select.rank import METRICS, parse_weights, rank
+from tuneloop.select.run import flat_metrics, parse_memory, run_select
 from tuneloop.select.write import edit_model_name, set_model_name
 
 runner = CliRunner()
@@ -43,27 +45,47 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """Two tiny models of clearly different size, a missing path and a folder that fails to load."""
+    """`small` (random), `tuned` (the same architecture and tokenizer, fine-tuned on the project's
+    training rows: better on the project's data for a known reason), `big` (random, ~30x the
+    parameters), a missing path and a folder that fails to load."""
     root = tmp_path_factory.mktemp("cands")
     broken = root / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    return {"small": build_tiny_model(root / "small", vocab_size=300, hidden=32, layers=1),
+    small = build_tiny_model(root / "small", vocab_size=300, hidden=32, layers=1)
+    project = write_classification_project(
+        root / "proj", small, n=60,
+        data={"validation_fraction": 0.2}, train={"max_steps": 3}, eval={"few_shot_k": 2})
+    return {"small": small, "tuned": _tuned(small, project, root / "tuned"),
             "big": build_tiny_model(root / "big", vocab_size=600, hidden=128, layers=4),
-            "missing": root / "no-such-model", "broken": broken}
+            "missing": root / "no-such-model", "broken": broken, "project": project}
+
+
+def _tuned(small: Path, cfg: Path, dst: Path) -> Path:
+    """`small` fully fine-tuned on the project's training split (never its validation rows)."""
+    from transformers import AutoTokenizer
+
+    from tuneloop.config import load_config
+    from tuneloop.data.load import load_splits
+
+    tok = AutoTokenizer.from_pretrained(small)
+    train = load_splits(load_config(cfg)).train
+    texts = [tok.apply_chat_template([{"role": m.role, "content": m.content} for m in e.messages],
+                                     tokenize=False) for e in train]
+    return fit_tiny_model(small, dst, texts, steps=120)
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, models) -> Path:
-    return write_classification_project(
-        tmp_path_factory.mktemp("selproj"), models["small"], n=60,
-        data={"validation_fraction": 0.2}, train={"max_steps": 3}, eval={"few_shot_k": 2})
+def project(models) -> Path:
+    """Classification on 60 rows, 20% of them (12) the validation split select measures on."""
+    return models["project"]
 
 
 @pytest.fixture(scope="module")
 def measured(project, models) -> dict:
-    """One in-process selection over all four candidates, shared by the ranking tests."""
-    names = [str(models[k]) for k in ("small", "missing", "big", "broken")]
+    """One in-process selection: two working candidates of one architecture that differ only
+    in training, between a missing and a broken one; default weights."""
+    names = [str(models[k]) for k in ("small", "missing", "tuned", "broken")]
     return run_select(project, names, probe_steps=2, quiet=True, isolate=False)
 
 
@@ -72,28 +94,53 @@ def _by_name(res: dict, models: dict, key: str) -> dict:
 
 
 def test_broken_and_missing_candidates_are_reported_and_the_others_rank(measured, models):
-    assert _by_name(measured, models, "missing")["status"] == "failed"
-    assert "no such folder" in _by_name(measured, models, "missing")["error"]
-    broken = _by_name(measured, models, "broken")
-    assert broken["status"] == "failed" and broken["error"]
-    ok = [c for c in measured["candidates"] if c["status"] == "ok"]
-    assert {c["name"] for c in ok} == {str(models["small"]), str(models["big"])}
-    assert measured["winner"] in {c["name"] for c in ok}
-    assert [c["rank"] for c in ok] == [1, 2]
+    missing, broken = _by_name(measured, models, "missing"), _by_name(measured, models, "broken")
+    assert missing["status"] == "failed" and "no such folder" in missing["error"]
+    assert missing["failed_stage"] == "resolve"
+    assert broken["status"] == "failed" and broken["failed_stage"] == "resolve"
+    assert "json" in broken["error"].lower()  # the cause: its config.json does not parse
+    # the working candidates are ranked first, the failed ones follow unranked
+    assert [c["status"] for c in measured["candidates"]] == ["ok", "ok", "failed", "failed"]
+    assert [c["rank"] for c in measured["candidates"][:2]] == [1, 2]
+    assert all("rank" not in c for c in measured["candidates"][2:])
+
+
+def test_the_candidate_trained_on_the_data_wins(measured, models):
+    tuned, small = _by_name(measured, models, "tuned"), _by_name(measured, models, "small")
+    assert measured["winner"] == str(models["tuned"])
+    assert [c["name"] for c in measured["candidates"][:2]] == [str(models["tuned"]),
+                                                               str(models["small"])]
+    # why: far fewer bits per byte on the held-out validation targets, and the task learnt
+    assert tuned["metrics"]["bpb"] < 0.5 * small["metrics"]["bpb"]
+    assert tuned["metrics"]["zero_shot"] == 1.0 > small["metrics"]["zero_shot"]
+    assert tuned["terms"]["bpb"]["normalised"] == 1.0
+    assert small["terms"]["bpb"]["normalised"] == pytest.approx(
+        tuned["metrics"]["bpb"] / small["metrics"]["bpb"], abs=1e-4)
+    assert tuned["score"] > small["score"]
+    assert "best on bpb" in tuned["explanation"] and "lost most on bpb" in small["explanation"]
+    # one architecture: the estimator's cost figures are the same for both
+    for key in ("memory", "train_time"):
+        assert tuned["metrics"][key] == small["metrics"][key]
 
 
 def test_every_number_is_measured(measured, models):
-    small, big = _by_name(measured, models, "small"), _by_name(measured, models, "big")
-    assert big["params"] > 10 * small["params"]  # the sizes the fixture built
-    for c in (small, big):
+    from transformers import AutoModelForCausalLM
+
+    small, tuned = _by_name(measured, models, "small"), _by_name(measured, models, "tuned")
+    built = AutoModelForCausalLM.from_pretrained(models["small"])
+    n_params = sum(p.numel() for p in built.parameters())
+    assert small["params"] == tuned["params"] == n_params  # the size the fixture built
+    for c in (small, tuned):
         m = c["metrics"]
         assert set(m) == set(METRICS)
         assert m["bpb"] > 0 and 0 <= m["zero_shot"] <= 1 and 0 <= m["few_shot"] <= 1
         assert m["latency"] > 0 and m["memory"] > 0 and m["train_time"] > 0
         assert m["adapt"] == c["probe"]["bpb_drop_per_step"] and c["probe"]["steps"] == 2
+        assert c["probe"]["bpb_before"] == pytest.approx(m["bpb"], abs=1e-3)
         assert c["load_s"] > 0 and c["peak_rss_gb"] > 0
         # bits per byte with a CI from scoring, and the plain sum agree
         assert m["bpb"] == pytest.approx(c["quality"]["bpb_check"], abs=1e-3)
+        assert c["quality"]["examples"] == measured["examples"] == 12  # 20% of 60 rows
         assert [g["gpu"] for g in c["gpu"]] == ["RTX 4090 24GB", "A100 80GB"]
         assert c["explanation"].startswith(f"score {c['score']:.3f} = ")
 
@@ -109,11 +156,17 @@ def test_single_metric_weights_order_by_that_measured_number(measured):
     ok = [c for c in measured["candidates"] if c["status"] == "ok"]
     for key, metric in METRICS.items():
         vals = [c["metrics"][key] for c in ok]
-        if None in vals or len(set(vals)) < 2:
-            continue
-        first = rank(ok, {key: 1.0})[0]
+        assert None not in vals, key
         best = max(vals) if metric.higher_is_better else min(vals)
-        assert first["metrics"][key] == best, key
+        assert best > 0, key  # (a higher-is-better metric whose best is 0 says nothing)
+        ranked = rank(ok, {key: 1.0})
+        # the best value first with score 1; the other below 1 unless the two are equal
+        assert ranked[0]["metrics"][key] == best and ranked[0]["score"] == 1.0, key
+        assert (ranked[1]["score"] == 1.0) == (vals[0] == vals[1]), key
+    # equal numbers (one architecture: the same estimated memory) keep the caller's order
+    assert [r["name"] for r in rank(ok, {"memory": 1.0})] == [r["name"] for r in ok]
+    assert [r["name"] for r in rank(list(reversed(ok)), {"memory": 1.0})] == \
+        [r["name"] for r in reversed(ok)]
 
 
 def test_flipping_weights_flips_the_order_where_the_numbers_disagree():
@@ -182,21 +235,29 @@ def test_write_changes_only_model_name(tmp_path):
     assert yaml.safe_load(cfg.read_text())["model"] == {"max_seq_len": 64, "name": "gemma3-270m"}
 
 
-def test_cli_isolated_processes_json_and_write(tmp_path, models):
-    cfg = write_classification_project(tmp_path / "p", models["small"], n=40,
-                                       train={"max_steps": 2}, eval={"few_shot_k": 0})
+def test_cli_isolated_processes_json_and_write(tmp_path, project, models):
+    """Each candidate measured in its own process ranks as in-process; --write edits the config."""
+    import shutil
+
+    root = shutil.copytree(project.parent, tmp_path / "p", ignore=shutil.ignore_patterns("runs"))
+    cfg = root / "tuneloop.yaml"
     before = yaml.safe_load(cfg.read_text())
-    res = runner.invoke(app, ["select", str(cfg), "--candidates",
-                              f"{models['big']},{models['broken']}", "--max-examples", "4",
-                              "--json", "--write", "--weights", "quality=1,cost=0"])
+    names = [str(models[k]) for k in ("small", "tuned", "broken")]
+    res = runner.invoke(app, ["select", str(cfg), "--candidates", ",".join(names),
+                              "--max-examples", "6", "--json", "--write",
+                              "--weights", "quality=1,cost=0"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     out = json.loads(res.stdout)
-    assert out["winner"] == str(models["big"])
-    broken = next(c for c in out["candidates"] if c["status"] == "failed")
-    assert broken["name"] == str(models["broken"]) and broken["failed_stage"] == "resolve"
-    assert out["weights"]["latency"] == 0 if "latency" in out["weights"] else True
+    assert out["winner"] == str(models["tuned"])
+    assert [(c["name"], c["status"]) for c in out["candidates"]] == [
+        (names[1], "ok"), (names[0], "ok"), (names[2], "failed")]
+    assert out["candidates"][2]["failed_stage"] == "resolve"
+    # quality=1,cost=0: the measured quality metrics share the weight in their default
+    # proportions, 0.35 : 0.15 : 0.15 (adapt needs --probe-steps, so it has none)
+    assert out["weights"] == {"bpb": 0.5385, "zero_shot": 0.2308, "few_shot": 0.2308}
+    assert all(set(c["terms"]) == set(out["weights"]) for c in out["candidates"][:2])
     after = yaml.safe_load(cfg.read_text())
-    assert after["model"]["name"] == str(models["big"])
+    assert after["model"]["name"] == str(models["tuned"])
     after["model"]["name"] = before["model"]["name"]
     assert after == before
     # nothing measurable: exit code 1

@@ -22,8 +22,15 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_model(path: Path, vocab_size: int = 384, hidden: int = 64, layers: int = 2) -> Path:
-    """Write a tokenizer and a seeded random LlamaForCausalLM into `path`."""
+def build_tiny_model(path: Path, vocab_size: int = 384, hidden: int = 64, layers: int = 2,
+                     init_std: float = 0.02) -> Path:
+    """Write a tokenizer and a seeded random LlamaForCausalLM into `path`.
+
+    `init_std` is the weights' initial scale. With the library default (0.02) the tied
+    embeddings are so small that the logits barely move under LoRA; 0.2 makes a model that
+    LoRA teaches the two-label task of `conftest.write_classification_project` in about 20
+    steps, for tests that need a fine-tune to be measurably better than its base.
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -44,9 +51,36 @@ def build_tiny_model(path: Path, vocab_size: int = 384, hidden: int = 64, layers
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=True)
+                      tie_word_embeddings=True, initializer_range=init_std)
     model = LlamaForCausalLM(cfg)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def fit_tiny_model(src: Path, dst: Path, texts: list[str], steps: int = 40, lr: float = 1e-2,
+                   seed: int = 0) -> Path:
+    """Full fine-tune of the model in `src` on `texts` (plain next-token loss), saved to `dst`:
+    a candidate that is better on those texts than `src` for a known reason."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    rng = random.Random(seed)
+    model.train()
+    for _ in range(steps):
+        batch = tok(rng.sample(texts, min(8, len(texts))), return_tensors="pt", padding=True)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        model(**batch, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    model.save_pretrained(dst)
+    tok.save_pretrained(dst)
+    return dst

@@ -18,10 +18,6 @@ from typing import Any
 import tuneloop
 from tuneloop.config import Config, load_config
 from tuneloop.errors import TuneloopError
-
-# Transitional re-export: atomic writes live in tuneloop.files now. Delete this line once
-# train/recipe.py, train/calibrate.py, recipes/ and monitor/commands.py import from there.
-from tuneloop.files import atomic_write_text, write_json  # noqa: F401
 from tuneloop.models.load import chat_tokenizer, choose_placement, load_model, resolve_model
 
 

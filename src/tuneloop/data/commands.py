@@ -1,4 +1,7 @@
-"""`tuneloop data audit | fix | split`: parse, call one function, print."""
+"""`tuneloop data audit | fix | split`: parse, call one function, print.
+
+Imports of the stage's logic sit inside the commands so `tuneloop --help` stays fast.
+"""
 
 from __future__ import annotations
 

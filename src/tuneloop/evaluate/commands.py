@@ -1,4 +1,7 @@
-"""CLI for the evaluation stage: `eval`, `report` and the `review` sub-app."""
+"""CLI for the evaluation stage: `eval`, `report` and the `review` sub-app.
+
+Imports of the stage's logic sit inside the commands so `tuneloop --help` stays fast.
+"""
 
 from __future__ import annotations
 

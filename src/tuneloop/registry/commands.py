@@ -1,4 +1,7 @@
-"""CLI for the model registry: `tuneloop registry add|list|show|promote|rollback`."""
+"""CLI for the model registry: `tuneloop registry add|list|show|promote|rollback`.
+
+Imports of the stage's logic sit inside the commands so `tuneloop --help` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from tuneloop.console import out, print_json
 from tuneloop.config import load_config
+from tuneloop.console import out, print_json
 from tuneloop.errors import TuneloopError
 from tuneloop.options import ConfigOpt, JsonOpt, config_path
 from tuneloop.registry.registry import Registry, Version
@@ -112,24 +115,21 @@ def promote_cmd(ref: Annotated[str, typer.Argument(help="Version id or alias to 
                 config: ConfigOpt = None, registry: RegistryOpt = None, json_: JsonOpt = False) -> None:
     """Make REF the champion (atomic). `tuneloop registry rollback` undoes it."""
     reg = open_registry(config, registry)
-    old = reg.aliases().get("champion")
-    v = reg.promote(ref, {"reason": reason})
-    if json_:
-        print_json({"champion": v.id, "previous": old})
-        return
-    out.print(f"champion: {old} -> {v.id}")
+    _print_change(reg.aliases().get("champion"), reg.promote(ref, {"reason": reason}), json_)
 
 
 @registry_app.command("rollback")
 def rollback_cmd(config: ConfigOpt = None, registry: RegistryOpt = None, json_: JsonOpt = False) -> None:
     """Make the previous champion the champion again."""
     reg = open_registry(config, registry)
-    old = reg.aliases().get("champion")
-    v = reg.rollback()
+    _print_change(reg.aliases().get("champion"), reg.rollback(), json_, " (rolled back)")
+
+
+def _print_change(old: str | None, new: Version, json_: bool, note: str = "") -> None:
     if json_:
-        print_json({"champion": v.id, "previous": old})
-        return
-    out.print(f"champion: {old} -> {v.id} (rolled back)")
+        print_json({"champion": new.id, "previous": old})
+    else:
+        out.print(f"champion: {old} -> {new.id}{note}")
 
 
 @registry_app.command("history")

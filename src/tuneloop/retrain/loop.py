@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.config import Config
+from tuneloop.files import write_json
 from tuneloop.monitor.check import run_monitor
 from tuneloop.monitor.report import write_html
 from tuneloop.retrain.gate import run_gate
 from tuneloop.retrain.retrain import retrain
-from tuneloop.files import write_json
 
 Report = Callable[[str, dict[str, Any]], None]
 

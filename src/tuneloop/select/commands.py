@@ -1,4 +1,7 @@
-"""CLI for base-model selection: `tuneloop select CONFIG --candidates a,b,PATH`."""
+"""CLI for base-model selection: `tuneloop select CONFIG --candidates a,b,PATH`.
+
+Imports of the stage's logic sit inside the commands so `tuneloop --help` stays fast.
+"""
 
 from __future__ import annotations
 

@@ -143,8 +143,8 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
     from tuneloop.evaluate.runner import perplexity_bpb
     from tuneloop.evaluate.scoring import PRIMARY, score
     from tuneloop.evaluate.systems import run_llm
-    from tuneloop.models.load import choose_placement, load_model, load_tokenizer, resolve_model
-    from tuneloop.models.tokens import encode_all, ensure_template
+    from tuneloop.models.load import chat_tokenizer, choose_placement, load_model, resolve_model
+    from tuneloop.models.tokens import encode_all
     from tuneloop.train.batches import plan_for, total_steps
     from tuneloop.train.estimate import estimate
     from tuneloop.train.methods import count_parameters
@@ -174,8 +174,7 @@ def _measure(spec: dict, res: dict, report: Report) -> None:
     path = resolve_model(spec["candidate"])
     res["path"] = path
     res["resolve_s"] = round(time.perf_counter() - t0, 2)  # GGUF conversion on first use
-    tok = load_tokenizer(path)
-    ensure_template(tok)
+    tok = chat_tokenizer(path)
     items, rep = encode_all(tok, train, cfg.model.max_seq_len, cfg.train.loss_on)
     res["tokens"] = {"train": rep.as_dict()}
 

@@ -21,10 +21,10 @@ def build(config: Path, model: str = "champion", store: str | None = None, prelo
     from tuneloop.config import load_config
     from tuneloop.errors import TuneloopError
     from tuneloop.models.load import choose_placement
-    from tuneloop.serve.store import TrafficStore, store_url
     from tuneloop.registry.registry import Registry
     from tuneloop.serve.app import ServeSettings, create_app
     from tuneloop.serve.engine import BASE, ModelPool
+    from tuneloop.serve.store import TrafficStore, store_url
 
     cfg = load_config(config)
     registry = Registry.from_config(cfg)
@@ -105,8 +105,8 @@ def generate(
     json_: JsonOpt = False,
 ) -> None:
     """Reply to one message with the fine-tuned model (base + adapter)."""
-    from tuneloop.records import Message
     from tuneloop.models.generate import generate as gen
+    from tuneloop.records import Message
     from tuneloop.runs import load_run_model
 
     model, tok, cfg = load_run_model(run)
@@ -120,8 +120,8 @@ def generate(
 def chat(run: Annotated[Path, typer.Argument(help="A run folder from `tuneloop train`.")],
          max_new_tokens: Annotated[int, typer.Option(help="Longest reply.")] = 256) -> None:
     """Talk to the fine-tuned model in the terminal (empty line or Ctrl-D to quit)."""
-    from tuneloop.records import Message
     from tuneloop.models.generate import generate as gen
+    from tuneloop.records import Message
     from tuneloop.runs import load_run_model
 
     model, tok, cfg = load_run_model(run)

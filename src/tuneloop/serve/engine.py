@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tuneloop.errors import TuneloopError
@@ -176,6 +175,10 @@ class ModelPool:
             model = load_model(str(v.weights_dir), self.placement)
             model.eval()
             return Handle(vid, _Loaded(model, tok), None)
+        # why: importing peft writes os.environ (TORCHINDUCTOR_CACHE_DIR); importing this module
+        # must not, so peft loads with the first adapter.
+        from peft import PeftModel
+
         base = self._base(v.base_model)
         if isinstance(base.model, PeftModel):
             base.model.load_adapter(str(v.weights_dir), adapter_name=vid)

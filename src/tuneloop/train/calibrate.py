@@ -16,14 +16,24 @@ from __future__ import annotations
 
 import json
 import platform
+import resource
 import subprocess
 import sys
 import time
 
+import psutil
 import torch
 
+from tuneloop.config import MethodConfig, TrainConfig
+from tuneloop.files import atomic_write_text
 from tuneloop.models.load import Placement, tuneloop_home
-from tuneloop.runs import atomic_write_text
+from tuneloop.train.loss import TargetLoss
+from tuneloop.train.methods import count_parameters, wrap
+from tuneloop.train.step import accelerator_for, optimizer_for, prepare_model, train_step
+
+# Import note: transformers (and peft under it) load inside functions. Importing peft writes
+# os.environ (TORCHINDUCTOR_CACHE_DIR), and importing a tuneloop module must change nothing
+# process-wide.
 
 VERSION = 8  # 8: train_step (clipping, Accelerate autocast); 7: the real architecture
 PROBE_ROWS, PROBE_WIDTH = (2, 8), 128  # two batch sizes; half of each row is a target
@@ -110,9 +120,7 @@ def _saved_bytes(model, rows: int, width: int) -> int:
 
 def meta_model(config, method):
     """The real architecture with the method attached, on the meta device (no memory, instant)."""
-    from transformers import AutoModelForCausalLM
-
-    from tuneloop.train.methods import wrap
+    from transformers import AutoModelForCausalLM  # why: see the module's import note
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -122,8 +130,6 @@ def meta_model(config, method):
 
 
 def _rss() -> int:
-    import psutil
-
     return psutil.Process().memory_info().rss
 
 
@@ -136,14 +142,7 @@ def probe(device: str, precision: str, model_path: str, kernels: str = "auto") -
     Llama had underpredicted the bundled model's steps by 23-28%. Its model is set up, and each
     step run, by train/step.py, exactly as the training recipe does (`kernels`: train.cpu_kernels).
     """
-    import resource
-
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from tuneloop.config import MethodConfig, TrainConfig
-    from tuneloop.train.loss import TargetLoss
-    from tuneloop.train.methods import count_parameters
-    from tuneloop.train.step import accelerator_for, optimizer_for, prepare_model, train_step
+    from transformers import AutoConfig, AutoModelForCausalLM  # why: the module's import note
 
     base_rss = _rss()
     placement = Placement(device, precision)
@@ -194,7 +193,7 @@ def probe(device: str, precision: str, model_path: str, kernels: str = "auto") -
 
 def _arch_key(model_path: str) -> str:
     """The sizes of an architecture that its step cost depends on."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # why: see the module's import note
 
     c = AutoConfig.from_pretrained(model_path)
     sizes = model_sizes(c)

@@ -9,9 +9,17 @@ activation footprint, and calibrate.py turns those into seconds and bytes for th
 from __future__ import annotations
 
 from tuneloop.config import Config
-from tuneloop.models.tokens import IGNORE, Encoded
+from tuneloop.data.load import load_splits
+from tuneloop.models.load import choose_placement, load_tokenizer_for
+from tuneloop.models.tokens import IGNORE, Encoded, encode_all
 from tuneloop.train.batches import BatchPlan, micro_batch, plan_for, total_steps
+from tuneloop.train.calibrate import calibration, meta_model, model_sizes, saved_activation_bytes, step_flops
 from tuneloop.train.cpu.prepare import cpu_kernels
+from tuneloop.train.methods import count_parameters
+
+# Import note: transformers (and peft under it) load inside functions. Importing peft writes
+# os.environ (TORCHINDUCTOR_CACHE_DIR), and importing a tuneloop module must change nothing
+# process-wide; it also keeps `tuneloop select`'s parent process light.
 
 SAMPLE_STEPS = 200  # planned steps whose batch shapes are averaged (all, for shorter runs)
 
@@ -41,16 +49,7 @@ def _forward_again(sizes: dict[str, int], shape: dict) -> float:
 def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, placement,
              plan: BatchPlan | None = None) -> dict:
     """Predicted step time, run time and peak memory of the run on this machine."""
-    from transformers import AutoConfig
-
-    from tuneloop.train.calibrate import (
-        calibration,
-        meta_model,
-        model_sizes,
-        saved_activation_bytes,
-        step_flops,
-    )
-    from tuneloop.train.methods import count_parameters
+    from transformers import AutoConfig  # why: see the module's import note
 
     plan = plan or plan_for(cfg, items)
     config = AutoConfig.from_pretrained(model_path)
@@ -112,14 +111,8 @@ def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, pla
 
 def dry_run(cfg: Config) -> dict:
     """What `train --dry-run` prints: resolved config, data and token statistics, cost."""
-    from tuneloop.data.load import load_splits
-    from tuneloop.models.load import choose_placement, load_tokenizer, resolve_model
-    from tuneloop.models.tokens import encode_all, ensure_template
-
     splits = load_splits(cfg)
-    path = resolve_model(cfg.model.name)
-    tok = load_tokenizer(path)
-    ensure_template(tok)
+    path, tok = load_tokenizer_for(cfg.model.name)
     items, rep = encode_all(tok, splits.train, cfg.model.max_seq_len, cfg.train.loss_on)
     _, vrep = encode_all(tok, splits.validation, cfg.model.max_seq_len, cfg.train.loss_on)
     plan = plan_for(cfg, items)

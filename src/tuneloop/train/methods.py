@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tuneloop.config import MethodConfig
 from tuneloop.errors import TuneloopError
+from tuneloop.models.load import load_model
+
+# Import note: peft, transformers and bitsandbytes load inside functions. Importing peft writes
+# os.environ (TORCHINDUCTOR_CACHE_DIR), and importing a tuneloop module must change nothing
+# process-wide; bitsandbytes is the optional [gpu] extra.
 
 
 def peft_config(m: MethodConfig):
@@ -29,8 +36,6 @@ def peft_config(m: MethodConfig):
 
 def load_base(path: str, placement, m: MethodConfig):
     """The base model to fine-tune: as placed, or 4-bit NF4 for QLoRA (method.quantize, CUDA only)."""
-    from tuneloop.models.load import load_model
-
     if not m.quantize:
         return load_model(path, placement)
     if placement.device != "cuda":
@@ -86,9 +91,7 @@ def _with_layers(cfg, lora_layers: dict[type, type] | None):
 
 def _from_adapter(model, m: MethodConfig, lora_layers: dict[type, type] | None = None):
     """Continue training a saved adapter; only safetensors weights are accepted (no pickle)."""
-    from pathlib import Path
-
-    from peft import PeftModel
+    from peft import PeftModel  # why: see the module's import note
 
     folder = Path(m.init_adapter).expanduser()
     if not (folder / "adapter_config.json").is_file():

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich.progress import TextColumn
+
+from tuneloop.console import progress
+
 
 class MetricsLog:
     """Appends metrics.jsonl lines, flushed each time so a crash loses nothing written."""
@@ -36,10 +40,6 @@ def progress_bar(show: bool, total: int, done: int):
     """(bar, task) showing steps, loss, learning rate and tokens/s; (None, None) when hidden."""
     if not show:
         return None, None
-    from rich.progress import TextColumn
-
-    from tuneloop.console import progress
-
     bar = progress(False, TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.1e} "
                                      "{task.fields[tps]:.0f} tok/s"))
     task = bar.add_task("train", total=total, completed=done, loss=float("nan"), lr=0.0, tps=0.0)

@@ -14,14 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 
 from tuneloop.config import Config
+from tuneloop.console import err
 from tuneloop.data.load import Splits, load_splits
 from tuneloop.errors import TuneloopError
-from tuneloop.models.load import Placement, choose_placement, load_tokenizer, resolve_model
-from tuneloop.models.tokens import Encoded, EncodeReport, encode_all, ensure_template
+from tuneloop.files import write_json
+from tuneloop.models.load import Placement, chat_tokenizer, choose_placement, resolve_model
+from tuneloop.models.tokens import Encoded, EncodeReport, encode_all
 from tuneloop.records import fingerprint
-from tuneloop.runs import environment, new_run_dir, write_json
+from tuneloop.runs import environment, new_run_dir
 from tuneloop.train import checkpoint
 from tuneloop.train.batches import BatchPlan, micro_batch, plan_for, total_steps
 from tuneloop.train.loss import TargetLoss
@@ -94,7 +97,8 @@ def train(cfg: Config, resume: Path | None = None, quiet: bool = False) -> tuple
 
 def setup(cfg: Config, resume: Path | None) -> Recipe:
     """Data, tokens, model, optimizer, schedule and run folder; restores a checkpoint on resume."""
-    from accelerate.utils import set_seed
+    # why: transformers.optimization imports peft, whose import writes os.environ
+    # (TORCHINDUCTOR_CACHE_DIR); importing this module must change nothing process-wide.
     from transformers import get_cosine_schedule_with_warmup
 
     placement = choose_placement(cfg.model.device, cfg.model.dtype)
@@ -104,8 +108,7 @@ def setup(cfg: Config, resume: Path | None) -> Recipe:
     model_path = resolve_model(cfg.model.name) if acc.is_main_process else None
     acc.wait_for_everyone()  # the main process converts a GGUF once; the others then read it
     model_path = model_path or resolve_model(cfg.model.name)
-    tok = load_tokenizer(model_path)
-    ensure_template(tok)
+    tok = chat_tokenizer(model_path)
     train_items, train_rep = encode_all(tok, splits.train, cfg.model.max_seq_len, cfg.train.loss_on)
     val_items, val_rep = encode_all(tok, splits.validation, cfg.model.max_seq_len, cfg.train.loss_on)
     model = prepare_model(load_base(model_path, placement, cfg.method), cfg.method, placement,
@@ -286,8 +289,6 @@ def _save_interrupted(r: Recipe, rng_at_step: dict | None) -> None:
     """
     if not r.acc.is_main_process:
         return
-    from tuneloop.console import err
-
     if r.scheduler.last_epoch > r.state.step:
         err.print(f"Interrupted after step {r.state.step + 1} was applied but not recorded; "
                   f"resume with `tuneloop train --resume {r.run}` (from the last checkpoint)")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from tuneloop.config import MethodConfig, TrainConfig
 from tuneloop.models.load import Placement
@@ -23,9 +25,6 @@ from tuneloop.train.packing import use_packed_attention
 
 def accelerator_for(placement: Placement):
     """A fresh Accelerator for `placement`: its device and mixed precision (autocast)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
     # Accelerate keeps its precision in a process-wide singleton; a second run in the same
     # process with another precision (fp32 then bf16) would be refused. The process group
     # (PartialState) is kept, so DDP is unaffected.

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 
 from tuneloop.models.load import compute_dtype
-from tuneloop.train.cpu.fused_lora import LORA_LAYERS
 from tuneloop.train.cpu.lean_layers import use_lean_layers
 from tuneloop.train.cpu.packed_attention import CPU_ATTENTION, packed_sdpa_cpu
 from tuneloop.train.packing import ATTENTION, attention_of, set_attention
@@ -33,7 +32,7 @@ from tuneloop.train.packing import ATTENTION, attention_of, set_attention
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 
 
-def _lean_classes(model_type: str) -> tuple[tuple[type, ...], tuple[type, ...]]:
+def lean_classes(model_type: str) -> tuple[tuple[type, ...], tuple[type, ...]]:
     """(norm classes, MLP classes) of `model_type` that the lean layers replace."""
     # Imported here: each modeling module costs import time that only CPU training needs.
     if model_type == "llama":
@@ -65,11 +64,15 @@ class CpuKernels:
     @property
     def lora_layers(self) -> dict[type, type]:
         """peft's custom-layer dispatch: target class -> LoRA layer class."""
+        # why: FusedLoraLinear subclasses peft's layer, and importing peft writes os.environ
+        # (TORCHINDUCTOR_CACHE_DIR); peft loads here, when a model is wrapped, not on import.
+        from tuneloop.train.cpu.fused_lora import LORA_LAYERS
+
         return LORA_LAYERS
 
     def attach(self, model) -> dict[str, int]:
         """After the method is attached: frozen weights in the compute dtype, lean layers, packed backward."""
-        norms, mlps = _lean_classes(self.model_type)
+        norms, mlps = lean_classes(self.model_type)
         counts = {"cast": frozen_to_compute_dtype(model, self.precision),
                   "lean": use_lean_layers(model, norms, mlps)}
         if attention_of(model) == ATTENTION:
