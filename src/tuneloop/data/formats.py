@@ -43,7 +43,7 @@ class Normaliser:
         """Pick the format from a row's keys (after column mapping)."""
         if self.data.format != "auto":
             return self.data.format
-        keys = set(self._mapped(row))
+        keys = set(self.mapped(row))
         for fmt, needed in FORMAT_KEYS.items():
             if all(k in keys for k in needed):
                 return fmt
@@ -52,7 +52,8 @@ class Normaliser:
             + "; ".join(f"{f}: {EXPECTED[f]}" for f in FORMAT_KEYS)
             + ". Set data.format and data.columns to map your column names.")
 
-    def _mapped(self, row: dict[str, Any]) -> dict[str, Any]:
+    def mapped(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row with data.columns applied: the user's column names mapped to canonical ones."""
         if not self.data.columns:
             return row
         out = dict(row)
@@ -63,7 +64,7 @@ class Normaliser:
 
     def to_example(self, raw: RawRow, fmt: str) -> Example:
         """Normalise one parsed row; raises RecordError naming what was expected."""
-        row = self._mapped(raw.data or {})
+        row = self.mapped(raw.data or {})
         missing = [k for k in FORMAT_KEYS[fmt] if row.get(k) is None]
         if missing:
             raise RecordError(f"missing {', '.join(map(repr, missing))}; expected {EXPECTED[fmt]}")

@@ -153,6 +153,7 @@ def load_tokenizer_for(name: str) -> tuple[str, Any]:
 
 def load_model(path: str, placement: Placement | None = None):
     """Load a causal LM with fp32 master weights (bf16 on CUDA), on the chosen device."""
+    # why: keeps the CLI's start light (module docstring)
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging

@@ -57,11 +57,11 @@ def curve_cmd(
     if json_:
         print_json(res)
         return
-    from tuneloop.evaluate.report import _fmt
+    from tuneloop.evaluate.report import fmt_metric
 
     for p in res["points"]:
         out.print(f"{p['train_examples']:>6} examples: {res['metric']} "
-                  f"{_fmt(p['metrics'][res['metric']])}")
+                  f"{fmt_metric(p['metrics'][res['metric']])}")
     out.print(f"written: {res['curve_dir']}/curve.json, curve.png")
 
 

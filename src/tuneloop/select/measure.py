@@ -73,6 +73,7 @@ def _probe(model, tok, cfg: Config, items, plan, val: list[Example], steps: int,
     """Train `steps` optimizer steps of the config's method as training runs them (its model
     set-up, CPU kernels, autocast and train_step, at the configured learning rate without
     warm-up), then measure how far the validation loss fell."""
+    # why: as at the top of _measure, the parent `tuneloop select` process stays light
     import torch
 
     from tuneloop.evaluate.runner import perplexity_bpb, target_nll

@@ -53,6 +53,7 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
 def attend_packed(module, query, key, value, attention_mask, dropout, scaling, kwargs,
                   whole_row: Callable | None = None):
     """packed_sdpa's body; `whole_row(q, k, v, bounds, scale)`, if given, attends a packed row at once."""
+    # why: transformers' attention modules load with the model, not with this module
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = kwargs.pop("cu_seq_lens_q", None)
@@ -79,6 +80,7 @@ def set_attention(model, name: str, fn: Callable) -> None:
     Through transformers' own hooks: AttentionInterface.register (an idempotent registry entry,
     made here, when a run asks for it, never at import) and set_attn_implementation.
     """
+    # why: as in attend_packed
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 

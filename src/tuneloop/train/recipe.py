@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 
 from tuneloop.config import Config
 from tuneloop.console import err
@@ -224,8 +224,6 @@ def _run_folder(cfg: Config, resume: Path | None, acc) -> Path:
     """The resumed folder, or a new one made by the main process and shared with the others."""
     run = Path(resume) if resume else (new_run_dir(cfg) if acc.is_main_process else None)
     if acc.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
         run = Path(broadcast_object_list([str(run) if run else None])[0])
     return run
 

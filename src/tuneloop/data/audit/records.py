@@ -57,7 +57,7 @@ def read_set(path: str | Path, data: DataConfig, task: TaskConfig) -> AuditSet:
     records: list[Record] = []
     problems: list[tuple[Record, str]] = []
     for raw in read_rows(path):
-        mapped = norm._mapped(raw.data) if raw.data is not None else None
+        mapped = norm.mapped(raw.data) if raw.data is not None else None
         rec = Record(record_id(raw, mapped), raw.row, raw.line, raw.data, None)
         records.append(rec)
         if raw.error:

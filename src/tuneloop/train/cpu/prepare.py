@@ -17,6 +17,8 @@ and backward (tests/test_cpu_kernels.py); one without a test leaves the list.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 from dataclasses import dataclass
 
@@ -113,9 +115,6 @@ def frozen_to_compute_dtype(model, precision: str) -> int:
 
 @functools.cache
 def _malloc_trim():
-    import ctypes
-    import ctypes.util
-
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
