@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import os
 import random
@@ -37,16 +36,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _banking77 import DATA, banking77  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-MESSAGES = Path("/work/shared/data/banking77/test.csv")
 FALLBACK = ["my card has not arrived yet", "what is the exchange rate for euros",
             "how do I reset my PIN", "why was I charged a fee", "can I top up by bank transfer"]
 
 
 def _messages() -> list[str]:
-    if MESSAGES.exists():
-        with open(MESSAGES, newline="") as f:
-            return [r["text"] for r in csv.DictReader(f)]
+    if (DATA / "banking77" / "test.csv").exists():  # ../shared/data beside the repository
+        return [text for text, _ in banking77("test")]
     return FALLBACK
 
 
