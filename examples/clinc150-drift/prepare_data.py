@@ -45,4 +45,6 @@ def main(src: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data/clinc150"))
+    # Default: ../shared/data/clinc150 beside the repository.
+    default = Path(__file__).resolve().parents[3] / "shared" / "data" / "clinc150"
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else default)
