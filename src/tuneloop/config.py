@@ -122,6 +122,10 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute each layer's activations in the backward pass: far less "
                            "memory for about a third more compute.")
+    sample_every: int | None = Field(
+        None, ge=1, description="Every N optimizer steps, generate answers for a few fixed "
+                                "validation prompts into samples.jsonl (see the form being learnt).")
+    sample_prompts: int = Field(3, ge=1, le=20, description="How many validation prompts to sample.")
     cpu_kernels: Literal["auto", "off"] = Field(
         "auto", description="auto: on CPU, train listed architectures (Llama, Mistral, Qwen2/3, "
                             "Gemma 3) with tuneloop's kernels (fused LoRA, lean RMSNorm/SwiGLU, "
@@ -137,6 +141,17 @@ class TrainConfig(_Section):
         return data
 
 
+class JudgeConfig(_Section):
+    """An LLM judge behind any OpenAI-compatible endpoint (pairwise, both orders)."""
+
+    base_url: str = Field(description="Endpoint root, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field(description="Model name the endpoint expects.")
+    api_key_env: str | None = Field(
+        None, description="Env var holding the bearer key; unset: no Authorization header.")
+    max_examples: int = Field(50, ge=1, description="Judge at most N examples per baseline.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+
+
 class EvalConfig(_Section):
     """Evaluation after training."""
 
@@ -144,6 +159,17 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(64, ge=1)
     max_examples: int | None = Field(None, ge=1, description="Evaluate at most N test examples.")
     few_shot_k: int = Field(4, ge=0)
+    corpus: str | None = Field(
+        None, description="Documents for retrieval-augmented prompting (the `rag` baseline): a "
+                          ".jsonl/.csv (a text/content/document column) or a folder of .txt/.md.")
+    rag_k: int = Field(3, ge=1, description="Corpus chunks put into each RAG prompt.")
+    chunk_chars: int = Field(1000, ge=100, description="Corpus chunk size in characters "
+                                                       "(cut at paragraph/sentence ends).")
+    finetuned_rag: bool = Field(
+        False, description="Also evaluate the fine-tuned model with the retrieved chunks in its "
+                           "prompt (`finetuned_rag`; needs eval.corpus).")
+    judge: JudgeConfig | None = Field(
+        None, description="Pairwise LLM judge of finetuned vs each baseline (optional).")
 
 
 class OutputConfig(_Section):
@@ -246,7 +272,8 @@ class Config(_Section):
         c = self.model_copy(deep=True)
         for section, key in (("data", "train"), ("data", "validation"), ("data", "test"),
                              ("output", "dir"), ("registry", "dir"), ("retrain", "fresh"),
-                             ("retrain", "frozen_eval"), ("method", "init_adapter")):
+                             ("retrain", "frozen_eval"), ("method", "init_adapter"),
+                             ("eval", "corpus")):
             obj = getattr(c, section)
             v = getattr(obj, key)
             if v is not None and not Path(v).expanduser().is_absolute():

@@ -4,7 +4,10 @@
   baseline template with the label list, `TaskConfig.baseline_prompt`).
 - few_shot: the base model with k training examples, retrieved by MiniLM similarity to each
   query, as earlier user/assistant turns (prompt engineering at its cheapest).
+- retrieval: the answer of the most similar training example (MiniLM cosine), copied; no LLM
+  at all, the cheapest system there is.
 - embedding_classifier: MiniLM sentence embeddings + logistic regression (no LLM at all).
+- rag (retrieval-augmented prompting over eval.corpus) lives in rag.py.
 """
 
 from __future__ import annotations
@@ -79,6 +82,17 @@ def few_shot_prompts(examples: Sequence[Example], train: Sequence[Example], k: i
             shots.append(Message("assistant", shot.target))
         prompts.append(system + shots + msgs[len(system):])
     return prompts
+
+
+def nearest_answers(examples: Sequence[Example], train: Sequence[Example],
+                    task: TaskConfig) -> tuple[list[str], float]:
+    """The retrieval baseline: each example's nearest training answer, and seconds per example."""
+    if not train:
+        raise TuneloopError("the retrieval baseline needs training examples")
+    t0 = time.perf_counter()
+    picks = retrieve([raw_input(e, task) for e in examples], [raw_input(t, task) for t in train], 1)
+    answers = [train[idx[-1]].target for idx in picks]
+    return answers, (time.perf_counter() - t0) / max(len(examples), 1)
 
 
 def embedding_classifier(train: Sequence[Example], examples: Sequence[Example],

@@ -27,8 +27,9 @@ def eval_cmd(
         help="A run folder, or tuneloop.yaml or the folder holding it (default: the current "
              "folder; baselines only unless --seeds trains runs).")] = Path("."),
     baselines: Annotated[str | None, typer.Option(
-        help="Comma list of zero_shot,few_shot,embedding_classifier, or none. Default: all "
-             "that apply to the task.")] = None,
+        help="Comma list of zero_shot, few_shot, retrieval (nearest training answer, copied), "
+             "rag (base model + top eval.rag_k chunks of eval.corpus), embedding_classifier "
+             "(classification), or none. Default: all that apply to the task and config.")] = None,
     seeds: Annotated[int | None, typer.Option(
         help="Fine-tuned runs to evaluate: the run plus retrains with the next seeds; reports "
              "seed variance.")] = None,
@@ -69,6 +70,10 @@ def _print_systems(res: dict) -> None:
     out.print(t)
     for c in res["comparisons"]:
         out.print(f"- {c['verdict']}")
+    for b, j in (res.get("judge") or {}).get("baselines", {}).items():
+        out.print(f"- judge ({res['judge']['model']}): finetuned vs {b} win rate "
+                  f"{fmt_metric(j['win_rate'])} over {j['n']} examples, both orders "
+                  f"(first-shown answer picked {j['position_bias']} of the time)")
     out.print(f"written: {res['eval_dir']}/eval.json; next: tuneloop report "
               f"{res['eval_dir']}")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tuneloop.evaluate.scoring import PRIMARY, Scored
+from tuneloop.evaluate.scoring import FAITHFULNESS, LOWER_IS_BETTER, PRIMARY, Scored
 from tuneloop.evaluate.stats import mcnemar, overlap, paired_bootstrap
 
 
@@ -14,6 +14,8 @@ def compare(task_type: str, a_name: str, a: Scored, b_name: str, b: Scored, n: i
         metrics.append("macro_f1")
     elif task_type == "extraction":
         metrics.insert(0, "exact_match")
+    if task_type in FAITHFULNESS:
+        metrics.append(FAITHFULNESS[task_type])
     out = []
     for m in metrics:
         if m not in a.stats or m not in b.stats:
@@ -41,7 +43,7 @@ def verdict(rec: dict) -> str:
     if p is None or d is None:
         return f"{a} vs {b} on {m}: not enough data to compare"
     if p < 0.05:
-        better = a if d > 0 else b
+        better = a if (d > 0) != (m in LOWER_IS_BETTER) else b
         return (f"{better} is better on {m} by {abs(d):.3f} ({format_p(rec)})"
                 + ("; the 95% intervals still overlap, so treat the size as rough"
                    if rec["intervals_overlap"] else ""))

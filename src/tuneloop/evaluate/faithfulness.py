@@ -44,6 +44,18 @@ def unsupported_rate(generated: str, source: str) -> float | None:
     return missing / len(words)
 
 
+NO_ANSWER = {"none", "n/a", "no such clause", ""}
+
+
+def not_in_source(answer: str, source: str) -> float | None:
+    """Extraction: 1.0 when the answer is not a verbatim span of the source (whitespace folded),
+    0.0 when it is; None for a `none` answer, which claims no span."""
+    a = " ".join(answer.split())
+    if a.lower().strip(" .") in NO_ANSWER:
+        return None
+    return 0.0 if a in " ".join(source.split()) else 1.0
+
+
 def unsupported_terms(generated: str, source: str) -> list[str]:
     """The generated content terms the source does not contain (for the report's error list)."""
     known = {_stem(w) for w in _content(source)}

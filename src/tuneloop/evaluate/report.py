@@ -1,7 +1,8 @@
 """`tuneloop report`: one evaluation as self-contained HTML (plots embedded), Markdown and JSON.
 
 Sections: systems x metrics with 95% intervals, paired comparisons, cost, learning curve,
-confusion matrix, the worst errors with their inputs, human ratings, seed variance.
+confusion matrix, the worst errors with their inputs, human ratings, seed variance, and the
+answers sampled during training (`train.sample_every`: RUN/samples.jsonl).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluate.plots import confusion_png, curve_png, png_data_uri, systems_png
 from tuneloop.files import atomic_write_text, write_json
+from tuneloop.train.samples import FILE as SAMPLES_FILE
+from tuneloop.train.samples import read_samples
 
 
 def read_eval(path: str | Path) -> tuple[dict, list[dict], Path]:
@@ -64,12 +67,37 @@ def build_report(run: str | Path, curve_dir: str | Path | None = None,
     errors = worst_errors(result, preds)
     who = "finetuned" if "finetuned" in result["systems"] else next(iter(result["systems"]), "")
     report = {"eval": result, "worst_errors": errors, "worst_errors_system": who,
-              "curve": curve, "review": ratings}
+              "curve": curve, "review": ratings,
+              "samples": training_samples(read_samples(d.parent / SAMPLES_FILE))}
     write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", markdown(report))
     atomic_write_text(out / "report.html", to_html(report))
     return {"html": str(out / "report.html"), "markdown": str(out / "report.md"),
             "json": str(out / "report.json")}
+
+
+def training_samples(rows: list[dict]) -> dict | None:
+    """samples.jsonl rows as {split, steps, prompts: [{id, prompt, reference, outputs}]}, each
+    prompt's outputs in `steps` order ("" where a step lacks it); None without rows."""
+    if not rows:
+        return None
+    steps = sorted({r["step"] for r in rows})
+    prompts: dict[str, dict] = {}
+    for r in rows:
+        p = prompts.setdefault(str(r["id"]), {"id": str(r["id"]), "prompt": r["prompt"],
+                                              "reference": r["reference"], "by_step": {}})
+        p["by_step"][r["step"]] = r["output"]
+    return {"split": rows[0].get("split", "validation"), "steps": steps,
+            "prompts": [{"id": p["id"], "prompt": p["prompt"], "reference": p["reference"],
+                         "outputs": [p["by_step"].get(s, "") for s in steps]}
+                        for p in prompts.values()]}
+
+
+def _md_cell(text: str, limit: int = 200) -> str:
+    """Text fit for one Markdown table cell: one line, pipes escaped, shortened."""
+    one = " ".join(str(text).split())
+    one = one if len(one) <= limit else one[:limit - 1] + "…"
+    return one.replace("|", "\\|") or "(empty)"
 
 
 def metric_names(result: dict) -> list[str]:
@@ -124,7 +152,25 @@ def markdown(rep: dict) -> str:
         inp = " ".join(str(e["input"]).split())[:300]
         lines.append(f"- **{e['id']}**: expected `{e['reference'][:120]}`, got "
                      f"`{str(e.get('generated') or e['prediction'])[:120]}`; input: {inp}")
+    if rep.get("samples"):
+        lines += _samples_md(rep["samples"])
     return "\n".join(lines) + "\n"
+
+
+def _samples_md(smp: dict) -> list[str]:
+    lines = ["", f"## Samples during training ({smp['split']} prompts, greedy)", ""]
+    for p in smp["prompts"]:
+        lines += [f"### {p['id']}", "", f"Prompt: {_md_cell(p['prompt'], 300)}", "",
+                  "| step | output | = reference |", "|---|---|---|",
+                  f"| reference | {_md_cell(p['reference'])} | |"]
+        lines += [f"| {step} | {_md_cell(out)} | {'yes' if _same(out, p['reference']) else ''} |"
+                  for step, out in zip(smp["steps"], p["outputs"], strict=True)]
+        lines.append("")
+    return lines
+
+
+def _same(output: str, reference: str) -> bool:
+    return " ".join(str(output).split()) == " ".join(str(reference).split())
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -173,8 +219,26 @@ def to_html(rep: dict) -> str:
                      f"<td>{e(x['reference'])}</td>"
                      f"<td>{e(str(x.get('generated') or x['prediction']))}</td></tr>"
                      for x in rep["worst_errors"]) + "</table>")
+    if rep.get("samples"):
+        parts.append(_samples_html(rep["samples"]))
     style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;"
-             "font-size:13px;vertical-align:top}")
+             "font-size:13px;vertical-align:top}td.out{white-space:pre-wrap}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>tuneloop report</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def _samples_html(smp: dict) -> str:
+    """One table per prompt: the reference, then the output at each sampled step."""
+    e = html.escape
+    parts = [f"<h2>Samples during training</h2><p>The first {len(smp['prompts'])} "
+             f"{e(smp['split'])} prompts, answered greedily at steps "
+             f"{e(', '.join(map(str, smp['steps'])))}.</p>"]
+    for p in smp["prompts"]:
+        rows = "".join(f"<tr><th>{step}</th><td class='out'>{e(out)}</td>"
+                       f"<td>{'yes' if _same(out, p['reference']) else ''}</td></tr>"
+                       for step, out in zip(smp["steps"], p["outputs"], strict=True))
+        parts.append(f"<h3>{e(p['id'])}</h3><p>{e(p['prompt'])}</p><table><tr><th>step</th>"
+                     "<th>output</th><th>= reference</th></tr><tr><th>reference</th>"
+                     f"<td class='out'>{e(p['reference'])}</td><td></td></tr>{rows}</table>")
+    return "".join(parts)

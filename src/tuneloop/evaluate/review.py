@@ -59,6 +59,7 @@ def import_review(run: str | Path, file: str | Path) -> dict:
         raise TuneloopError(f"{d}: no review/key.json; run `tuneloop review export` first")
     key = json.loads(keyf.read_text())
     per: dict[str, list[float]] = {}
+    ratings: list[dict] = []  # per example, so a judge's agreement with raters can be measured
     comments: list[dict] = []
     with open(file, newline="", encoding="utf-8") as f:
         for line, row in enumerate(csv.DictReader(f), start=2):
@@ -75,6 +76,8 @@ def import_review(run: str | Path, file: str | Path) -> dict:
             if not 1 <= r <= 5:
                 raise TuneloopError(f"{file}:{line}: rating {r} outside 1-5")
             per.setdefault(key[code], []).append(r)
+            ratings.append({"system": key[code], "example_id": row.get("example_id"),
+                            "rating": r})
             if (row.get("comment") or "").strip():
                 comments.append({"system": key[code], "example_id": row.get("example_id"),
                                  "rating": r, "comment": row["comment"].strip()})
@@ -82,6 +85,17 @@ def import_review(run: str | Path, file: str | Path) -> dict:
         raise TuneloopError(f"{file}: no ratings filled in (column 'rating', 1-5)")
     summary = {s: {"n": len(v), "mean_rating": metric_with_ci(mean_stat(v), len(v))}
                for s, v in sorted(per.items())}
-    res = {"file": str(file), "systems": summary, "comments": comments}
+    res = {"file": str(file), "systems": summary, "comments": comments, "ratings": ratings}
+    judged = _judge_agreement(d, ratings)
+    if judged:
+        res["judge_agreement"] = judged
     write_json(d / "review" / "ratings.json", res)
     return res
+
+
+def _judge_agreement(eval_dir: Path, ratings: list[dict]) -> dict | None:
+    """The LLM judge's agreement with these raters, when the evaluation ran a judge."""
+    from tuneloop.evaluate.judge import judge_agreement
+
+    result = json.loads((eval_dir / "eval.json").read_text())
+    return judge_agreement(result["judge"], ratings) if result.get("judge") else None

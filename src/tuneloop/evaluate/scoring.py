@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tuneloop.evaluate.faithfulness import unsupported_rate
+from tuneloop.evaluate.faithfulness import not_in_source, unsupported_rate
 from tuneloop.evaluate.metrics import classification_details, macro_f1_codes
 from tuneloop.evaluate.stats import mean_stat, metric_with_ci, ratio_stat
 from tuneloop.evaluate.text_metrics import (
@@ -30,6 +30,12 @@ if TYPE_CHECKING:  # only an annotation here: PRIMARY stays importable without t
 
 PRIMARY = {"classification": "accuracy", "extraction": "f1", "generation": "rouge_l",
            "chat": "rouge_l"}
+# Metrics where a smaller value is the better one (verdicts and reports must know).
+LOWER_IS_BETTER = {"unsupported_rate", "not_in_source_rate", "parse_failure_rate",
+                   "perplexity", "bits_per_byte"}
+# The faithfulness metric paired-tested beside the primary one, by task.
+FAITHFULNESS = {"extraction": "not_in_source_rate", "generation": "unsupported_rate",
+                "chat": "unsupported_rate"}
 
 
 @dataclass
@@ -95,19 +101,31 @@ def _text(sc: Scored, out: SystemOutput, examples: Sequence[Example], task_type:
           faithfulness: bool) -> None:
     preds = [p or "" for p in out.preds]
     refs = [references(e) for e in examples]
+    f1 = np.array([token_f1(p, r) for p, r in zip(preds, refs, strict=True)])
+    words = np.array([len(p.split()) for p in preds], dtype=float)
+    sc.per_example |= {"f1": f1, "words": words}
+    sc.stats |= {"f1": mean_stat(f1), "words": mean_stat(words)}
+    sc.details["reference_words"] = round(float(np.mean(
+        [len(e.target.split()) for e in examples])), 2) if examples else None
     if task_type == "extraction":
         em = np.array([exact_match(p, r) for p, r in zip(preds, refs, strict=True)])
-        f1 = np.array([token_f1(p, r) for p, r in zip(preds, refs, strict=True)])
-        sc.per_example |= {"exact_match": em, "f1": f1, "correct": em}
-        sc.stats |= {"exact_match": mean_stat(em), "f1": mean_stat(f1)}
+        sc.per_example |= {"exact_match": em, "correct": em}
+        sc.stats["exact_match"] = mean_stat(em)
+        if faithfulness and any(e.source for e in examples):
+            sc.per_example["not_in_source_rate"] = _per_source(preds, examples, not_in_source)
+            sc.stats["not_in_source_rate"] = mean_stat(sc.per_example["not_in_source_rate"])
         return
     rl = np.array([rouge_l(p, r) for p, r in zip(preds, refs, strict=True)])
     sim = embedding_similarity(preds, [r[0] for r in refs])
     sc.per_example |= {"rouge_l": rl, "embedding_similarity": sim}
     sc.stats |= {"rouge_l": mean_stat(rl), "embedding_similarity": mean_stat(sim)}
     if faithfulness and any(e.source for e in examples):
-        unsup = np.array([np.nan if not e.source else
-                          (lambda r: np.nan if r is None else r)(unsupported_rate(p, e.source))
-                          for p, e in zip(preds, examples, strict=True)], dtype=float)
-        sc.per_example["unsupported_rate"] = unsup
-        sc.stats["unsupported_rate"] = mean_stat(unsup)
+        sc.per_example["unsupported_rate"] = _per_source(preds, examples, unsupported_rate)
+        sc.stats["unsupported_rate"] = mean_stat(sc.per_example["unsupported_rate"])
+
+
+def _per_source(preds: Sequence[str], examples: Sequence[Example], fn) -> np.ndarray:
+    """fn(prediction, source) per example; NaN where there is no source or fn has no verdict."""
+    vals = [None if not e.source else fn(p, e.source)
+            for p, e in zip(preds, examples, strict=True)]
+    return np.array([np.nan if v is None else v for v in vals], dtype=float)

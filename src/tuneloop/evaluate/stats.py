@@ -80,7 +80,10 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
 
 
 def overlap(ci_a: list[float], ci_b: list[float]) -> bool:
-    """Whether two intervals overlap (small data: then say the difference is not established)."""
+    """Whether two intervals overlap (small data: then say the difference is not established).
+    An interval that could not be computed (None) is treated as overlapping."""
+    if None in (*ci_a, *ci_b):
+        return True
     return not (ci_a[1] < ci_b[0] or ci_b[1] < ci_a[0])
 
 

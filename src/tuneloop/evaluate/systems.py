@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tuneloop.config import Config
-from tuneloop.evaluate.baselines import embedding_classifier
+from tuneloop.evaluate.baselines import embedding_classifier, nearest_answers
 from tuneloop.evaluate.metrics import parse_label
 from tuneloop.evaluate.runner import score_choices, target_nll
 from tuneloop.models.generate import generate_with_counts
@@ -95,3 +95,10 @@ def run_embedding(cfg: Config, train: Sequence[Example],
     pred, proba, spe = embedding_classifier(train, examples, cfg.task, cfg.seed)
     return SystemOutput("embedding_classifier", list(pred), scores=np.log(proba + 1e-12),
                         seconds_per_example=spe)
+
+
+def run_retrieval(cfg: Config, train: Sequence[Example],
+                  examples: Sequence[Example]) -> SystemOutput:
+    """The nearest training example's answer as the prediction (classification: its label)."""
+    answers, spe = nearest_answers(examples, train, cfg.task)
+    return SystemOutput("retrieval", list(answers), seconds_per_example=spe)

@@ -30,6 +30,7 @@ from tuneloop.train.batches import BatchPlan, micro_batch, plan_for, total_steps
 from tuneloop.train.loss import TargetLoss
 from tuneloop.train.methods import count_parameters, load_base
 from tuneloop.train.progress import MetricsLog, progress_bar, truncate_metrics
+from tuneloop.train.samples import sampler_for
 from tuneloop.train.step import (
     accelerator_for,
     optimizer_for,
@@ -137,8 +138,11 @@ def setup(cfg: Config, resume: Path | None) -> Recipe:
 
 
 def fit(r: Recipe, quiet: bool) -> Fit:
-    """Optimizer steps until the plan (or early stopping) ends; checkpoints, evaluates, logs."""
+    """Optimizer steps until the plan (or early stopping) ends; checkpoints, evaluates, samples, logs."""
     cfg, acc, state = r.cfg, r.acc, r.state
+    samples = sampler_for(cfg, acc, r.run, r.splits, r.tok, state.step)  # train.sample_every
+    if samples:
+        samples.at(r.model, state.step)  # step 0: the base model's answers
     log = MetricsLog(r.run / "metrics.jsonl", acc.is_main_process)
     bar, task = progress_bar(acc.is_main_process and not quiet, r.steps, state.step)
     t0 = time.perf_counter() - state.elapsed
@@ -166,10 +170,14 @@ def fit(r: Recipe, quiet: bool) -> Fit:
                 bar.update(task, completed=state.step, loss=out.train_loss, lr=lr, tps=tps)
             if r.val_items and (state.step % cfg.train.eval_every == 0 or state.step == r.steps):
                 _evaluate(r, log, out)
+            if samples:
+                samples.at(r.model, state.step)
             if acc.is_main_process and (state.step % cfg.train.save_every == 0 or out.stopped_early):
                 _checkpoint(r)
             if out.stopped_early:
                 break
+        if samples:
+            samples.at(r.model, state.step, last=True)
     except KeyboardInterrupt:
         _save_interrupted(r, rng_at_step)
         raise
