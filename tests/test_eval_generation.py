@@ -265,3 +265,12 @@ def test_token_f1_counts_shared_tokens():
                   & Counter("alpha beta gamma delta".split())).values())
     p, r = common / 3, common / 4
     assert sc.metrics["f1"]["value"] == pytest.approx(2 * p * r / (p + r), abs=1e-6)
+
+
+def test_without_a_source_the_prompt_is_the_grounding():
+    ex = Example(id="0", messages=[Message("user", "Summarise: the trial enrolled 40 patients."),
+                                   Message("assistant", "40 patients enrolled.")])
+    sc = score(SystemOutput("x", ["The trial enrolled 41 patients in Paris."]), [ex],
+               "generation", None, n_boot=10)
+    # Content terms: trial, enrolled, 41, patients, paris; unsupported: 41 and paris.
+    assert sc.metrics["unsupported_rate"]["value"] == pytest.approx(2 / 5)

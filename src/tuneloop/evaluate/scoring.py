@@ -111,7 +111,7 @@ def _text(sc: Scored, out: SystemOutput, examples: Sequence[Example], task_type:
         em = np.array([exact_match(p, r) for p, r in zip(preds, refs, strict=True)])
         sc.per_example |= {"exact_match": em, "correct": em}
         sc.stats["exact_match"] = mean_stat(em)
-        if faithfulness and any(e.source for e in examples):
+        if faithfulness:
             sc.per_example["not_in_source_rate"] = _per_source(preds, examples, not_in_source)
             sc.stats["not_in_source_rate"] = mean_stat(sc.per_example["not_in_source_rate"])
         return
@@ -119,13 +119,14 @@ def _text(sc: Scored, out: SystemOutput, examples: Sequence[Example], task_type:
     sim = embedding_similarity(preds, [r[0] for r in refs])
     sc.per_example |= {"rouge_l": rl, "embedding_similarity": sim}
     sc.stats |= {"rouge_l": mean_stat(rl), "embedding_similarity": mean_stat(sim)}
-    if faithfulness and any(e.source for e in examples):
+    if faithfulness:
         sc.per_example["unsupported_rate"] = _per_source(preds, examples, unsupported_rate)
         sc.stats["unsupported_rate"] = mean_stat(sc.per_example["unsupported_rate"])
 
 
 def _per_source(preds: Sequence[str], examples: Sequence[Example], fn) -> np.ndarray:
-    """fn(prediction, source) per example; NaN where there is no source or fn has no verdict."""
-    vals = [None if not e.source else fn(p, e.source)
+    """fn(prediction, grounding) per example, NaN where fn has no verdict. The grounding is the
+    record's `source`, else its prompt: a passage to answer from is usually in the prompt."""
+    vals = [fn(p, e.source or "\n".join(m.content for m in e.prompt_messages))
             for p, e in zip(preds, examples, strict=True)]
     return np.array([np.nan if v is None else v for v in vals], dtype=float)
