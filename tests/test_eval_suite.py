@@ -242,3 +242,18 @@ def test_seed_variance_is_the_spread_of_each_seeds_own_run(tmp_path, tiny_model)
         assert v["std"] == pytest.approx(statistics.stdev(v["values"]), abs=1e-6)
     # two seeds train two different adapters: their validation bits per byte differ
     assert sv["bits_per_byte"]["std"] > 0
+
+
+def test_free_generation_runs_on_the_generate_sample_only(trained, tmp_path):
+    res = json.loads(_ok(["eval", str(trained), "--json", "--limit", "8", "--bootstrap", "20",
+                          "--baselines", "zero_shot", "--set", "eval.generate_sample=3"]).stdout)
+    rows = [r for r in _rows(Path(res["eval_dir"]) / "predictions.jsonl")
+            if r["system"] == "finetuned"]
+    assert [r["generated"] is not None for r in rows] == [True] * 3 + [False] * 5
+    gen_ok = [r["gen_correct"] for r in rows[:3]]
+    m = res["systems"]["finetuned"]["metrics"]
+    assert m["generation_accuracy"]["value"] == pytest.approx(np.mean(gen_ok), abs=1e-6)
+    assert m["accuracy"]["value"] == pytest.approx(np.mean([r["correct"] for r in rows]),
+                                                   abs=1e-6)
+    assert res["details"]["finetuned"]["generation_sample"] == 3
+    assert sum(map(sum, res["details"]["finetuned"]["generation_confusion"]["matrix"])) == 3

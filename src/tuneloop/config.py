@@ -159,6 +159,10 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(64, ge=1)
     max_examples: int | None = Field(None, ge=1, description="Evaluate at most N test examples.")
     few_shot_k: int = Field(4, ge=0)
+    generate_sample: int | None = Field(
+        50, ge=1, description="Classification: free-generate answers (for parse-failure rates) "
+                              "on the first N examples only; null: on all. Labels are always "
+                              "scored on every example.")
     corpus: str | None = Field(
         None, description="Documents for retrieval-augmented prompting (the `rag` baseline): a "
                           ".jsonl/.csv (a text/content/document column) or a folder of .txt/.md.")
@@ -194,6 +198,19 @@ class ServeConfig(_Section):
                              description="Env var holding the bearer API key (required off loopback).")
     max_tokens: int = Field(512, ge=1, description="Upper bound on max_tokens per request.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
+    max_stop_strings: int = Field(16, ge=0, le=1024,
+                                  description="Most stop strings per request (OpenAI allows 4).")
+    max_stop_chars: int = Field(64, ge=1, le=4096, description="Longest stop string, in characters.")
+    max_messages: int = Field(256, ge=1, description="Most messages in one chat request.")
+    max_message_chars: int = Field(100_000, ge=1,
+                                   description="Longest message (or completions prompt), in characters.")
+    max_prompt_tokens: int = Field(8192, ge=1, description="Most prompt tokens after the chat template.")
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Deadline of one request (queueing included): generation stops and "
+                                 "the client gets 504, logged as such.")
+    shutdown_timeout_s: float = Field(
+        10.0, ge=0, description="On SIGINT/SIGTERM, seconds in-flight requests may finish before they "
+                                "are cancelled.")
 
 
 class MonitorConfig(_Section):

@@ -36,7 +36,8 @@ def eval_cmd(
     limit: LimitOpt = None,
     generate: Annotated[bool, typer.Option(
         "--generate/--no-generate", help="Classification: also free-generate answers and "
-        "report parse failures.")] = True,
+        "report parse failures, on the first eval.generate_sample examples (default 50; "
+        "--set eval.generate_sample=null for all).")] = True,
     bootstrap: BootOpt = 1000,
     set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
 ) -> None:
@@ -44,8 +45,8 @@ def eval_cmd(
     and paired tests. Writes eval.json + predictions.jsonl (RUN/eval/)."""
     from tuneloop.evaluate.suite import run_eval
 
-    res = run_eval(target, baselines, seeds, limit, generate, bootstrap, set_,
-                   quiet=quiet or json_)
+    # Progress goes to stderr, so it stays on with --json (stdout is the JSON alone).
+    res = run_eval(target, baselines, seeds, limit, generate, bootstrap, set_, quiet=quiet)
     if json_:
         print_json(res)
         return

@@ -85,16 +85,22 @@ def _classification(sc: Scored, out: SystemOutput, examples: Sequence[Example],
     sc.stats["macro_f1"] = lambda ix: macro_f1_codes(gold[ix], pred[ix], len(labels))
     sc.details = classification_details([e.label for e in examples], out.preds, labels)
     if out.gen_parsed is not None:
+        # Only the eval.generate_sample examples were free-generated; the rest are NaN here.
+        sampled = np.array([g is not None for g in (out.gen or out.gen_parsed)])
         gpred = np.array([code.get(p or "", -1) for p in out.gen_parsed])
-        gcorrect = (gpred == gold).astype(float)
-        failed = (gpred < 0).astype(float)
+        gcorrect = np.where(sampled, (gpred == gold).astype(float), np.nan)
+        failed = np.where(sampled, (gpred < 0).astype(float), np.nan)
         sc.per_example["gen_correct"] = gcorrect
         sc.stats["generation_accuracy"] = mean_stat(gcorrect)
-        sc.stats["generation_macro_f1"] = lambda ix: macro_f1_codes(gold[ix], gpred[ix],
-                                                                    len(labels))
+        sc.stats["generation_macro_f1"] = lambda ix: (
+            macro_f1_codes(gold[ix][sampled[ix]], gpred[ix][sampled[ix]], len(labels))
+            if sampled[ix].any() else float("nan"))
         sc.stats["parse_failure_rate"] = mean_stat(failed)
+        keep = np.flatnonzero(sampled)
         sc.details["generation_confusion"] = classification_details(
-            [e.label for e in examples], out.gen_parsed, labels)["confusion"]
+            [examples[i].label for i in keep], [out.gen_parsed[i] for i in keep],
+            labels)["confusion"]
+        sc.details["generation_sample"] = int(sampled.sum())
 
 
 def _text(sc: Scored, out: SystemOutput, examples: Sequence[Example], task_type: str,

@@ -27,8 +27,10 @@ class SystemOutput:
 
     name: str
     preds: list[str | None]  # label (classification) or generated text
-    gen: list[str] | None = None  # classification: free-generated answers
+    gen: list[str | None] | None = None  # classification: free-generated answers (None: not
+    # in the eval.generate_sample sample)
     gen_parsed: list[str | None] | None = None  # those answers mapped to labels (None: unparsed)
+    gen_sampled: int | None = None  # how many examples were free-generated
     scores: np.ndarray | None = None  # classification: (n, labels) log-likelihoods or probs
     seconds_per_example: float = 0.0
     gen_seconds_per_example: float | None = None
@@ -71,13 +73,17 @@ def run_llm(name: str, model, tok, cfg: Config, examples: Sequence[Example],
         out.scores = scores.numpy()
         out.preds = [labels[i] for i in scores.argmax(1).tolist()]
         if free_generation:
+            # Parse failures are a rate: a sample estimates it, and free generation costs more
+            # than label scoring, so only the first eval.generate_sample examples generate.
+            k = min(cfg.eval.generate_sample or len(prompts), len(prompts))
             t0 = time.perf_counter()
-            texts, counts = generate_with_counts(model, tok, prompts,
+            texts, counts = generate_with_counts(model, tok, prompts[:k],
                                                  label_gen_tokens(tok, labels), bs, quiet)
-            out.gen_seconds_per_example = (time.perf_counter() - t0) / n
-            out.gen = texts
+            out.gen_seconds_per_example = (time.perf_counter() - t0) / max(k, 1)
+            out.gen = list(texts) + [None] * (len(prompts) - k)
+            out.gen_sampled = k
             out.new_tokens = counts
-            out.gen_parsed = [parse_label(t, labels) for t in texts]
+            out.gen_parsed = [parse_label(t, labels) for t in texts] + [None] * (len(prompts) - k)
     else:
         t0 = time.perf_counter()
         texts, counts = generate_with_counts(model, tok, prompts, cfg.eval.max_new_tokens,
