@@ -61,3 +61,12 @@ def test_select_measure_runs_as_a_module_without_a_runtime_warning(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert "RuntimeWarning" not in res.stderr
     assert "IndexError" in res.stderr  # it got as far as reading its missing arguments
+
+
+@pytest.mark.parametrize("args", [["eval", "--bootstrap", "abc"], ["eval", "--no-such-flag"],
+                                  ["serve", "--max-batch", "0"]])
+def test_a_bad_option_is_a_usage_error_not_a_traceback(args):
+    code = f"import sys; sys.argv = ['tuneloop'] + {args!r}\nfrom tuneloop.cli import main\nmain()"
+    res = _python(code)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr

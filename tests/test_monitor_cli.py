@@ -121,3 +121,20 @@ def test_loop_without_drift_does_nothing(project):  # noqa: F811
     res = json.loads(r.output)
     assert res["action"] == "none" and "retrain" not in res
     assert Registry.from_config(project).aliases() == {"champion": "v1"}
+
+
+def test_refused_requests_are_counted_apart_not_compared(project):  # noqa: F811
+    path = _write_cfg(project)
+    store = TrafficStore(store_url(project))
+    texts, labels = _same(40)
+    log_traffic(store, texts, labels, "v1")
+    # Off-topic inputs the server refused (400): logged, but nothing the model answered.
+    shifted, _ = _shifted(40)
+    for i, t in enumerate(shifted):
+        store.log_request(request_id=f"refused-{i}", model="champion", version="v1",
+                          endpoint="chat", input_text=t, request_json="{}", output_text="",
+                          latency_ms=1.0, prompt_tokens=0, completion_tokens=0, status=400)
+    r = runner.invoke(app, ["monitor", path, "--json", "--no-perplexity"])
+    res = json.loads(r.output)
+    assert r.exit_code == 0 and res["verdict"] == "no_drift", r.output
+    assert res["requests"] == 40 and res["failed_requests"] == 40

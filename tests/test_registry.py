@@ -168,3 +168,113 @@ def test_cli_add_list_promote_rollback(tmp_path, tiny_run, tiny_model):
     assert (tmp_path / "proj" / "registry" / "versions" / "v2").is_dir()  # registry.dir of the config
     hist = _cli(["registry", "history", *c])["history"]
     assert [e["action"] for e in hist][-2:] == ["promote", "rollback"]
+
+
+# ---- corruption is named, never reinterpreted; nothing unloadable is accepted -----------------
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage", ["torn", "not a map", "bad alias", "deleted"])
+def test_a_damaged_registry_json_is_an_error_for_every_reader(tmp_path, tiny_run, damage):
+    reg = Registry(tmp_path / "reg")
+    reg.register(tiny_run)
+    reg.promote("v1", {"reason": "again"})
+    assert reg.backup_path.read_text() == reg.state_path.read_text()  # the backup follows each write
+    text = reg.state_path.read_text()
+    if damage == "deleted":
+        reg.state_path.unlink()
+    else:
+        reg.state_path.write_text({"torn": text[: len(text) // 2], "not a map": "[]",
+                                   "bad alias": '{"aliases": {"champion": "../x"}}'}[damage])
+    before = _tree(reg.root)
+    readers = [reg.aliases, reg.history, reg.champion, lambda: reg.get("champion"),
+               lambda: reg.promote("v1"), reg.rollback, lambda: reg.set_alias("challenger", "v1"),
+               lambda: reg.register(tiny_run)]
+    for read in readers:
+        with pytest.raises(TuneloopError, match=r"registry\.json.*cp .*registry\.json\.bak"):
+            read()
+    assert _tree(reg.root) == before  # no orphan versions/v2, nothing rewritten
+
+
+def test_monitor_and_retrain_name_a_damaged_registry_instead_of_no_champion(tmp_path, tiny_run, tiny_model):
+    from tuneloop.config import load_config
+    from tuneloop.monitor.check import run_monitor
+    from tuneloop.retrain.retrain import retrain
+
+    cfg = load_config(write_classification_project(tmp_path / "proj", tiny_model))
+    reg = Registry.from_config(cfg)
+    reg.register(tiny_run)
+    reg.state_path.write_text("{")
+    for stage in (run_monitor, retrain):
+        with pytest.raises(TuneloopError, match="registry.json: not valid JSON"):
+            stage(cfg)
+    reg.state_path.unlink()
+    reg.backup_path.unlink()
+    assert Registry.from_config(cfg).champion() is None  # truly empty: no champion, no error
+
+
+def test_a_damaged_provenance_is_named(tmp_path, tiny_run):
+    reg = Registry(tmp_path / "reg")
+    v = reg.register(tiny_run)
+    text = (v.path / "provenance.json").read_text()
+    (v.path / "provenance.json").write_text(text[: text.index('"config"')])  # torn
+    for read in (reg.versions, lambda: reg.get("v1"), reg.champion):
+        with pytest.raises(TuneloopError, match=rf"v1/provenance.json: not valid JSON.*registry add "
+                                                rf"{tiny_run}"):
+            read()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong shape", "missing tensor", "config torn"])
+def test_add_refuses_an_adapter_that_would_not_load(tmp_path, tiny_run, damage):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    file = run / "adapter" / "adapter_model.safetensors"
+    weights = load_file(str(file))
+    key = next(k for k in weights if "lora_A" in k)
+    if damage == "truncated":
+        file.write_bytes(file.read_bytes()[:-10])
+    elif damage == "wrong shape":
+        weights[key] = torch.zeros(weights[key].shape[0], 3)
+        save_file(weights, str(file))
+    elif damage == "missing tensor":
+        del weights[key]
+        save_file(weights, str(file))
+    else:
+        (run / "adapter" / "adapter_config.json").write_text('{"peft_type": ')
+    reg = Registry(tmp_path / "reg")
+    with pytest.raises(TuneloopError, match="adapter_(model.safetensors|config.json): "):
+        reg.register(run)
+    assert not reg.versions_dir.exists() or not any(reg.versions_dir.iterdir())
+
+
+def test_loading_a_damaged_registered_adapter_names_the_file(tmp_path, tiny_run):
+    reg = Registry(tmp_path / "reg")
+    v = reg.register(tiny_run)
+    file = v.path / "adapter" / "adapter_model.safetensors"
+    file.write_bytes(file.read_bytes()[:100])
+    with pytest.raises(TuneloopError, match=f"{file}: not a readable safetensors file"):
+        reg.load("champion")
+
+
+DIE_ON_REPLACE = """
+import os, signal, sys
+from tuneloop.registry.registry import Registry
+os.replace = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # killed between write and rename
+Registry(sys.argv[1]).promote("v1")
+"""
+
+
+def test_temp_files_of_a_killed_promotion_are_removed_by_the_next_operation(tmp_path, tiny_run):
+    reg = Registry(tmp_path / "reg")
+    reg.register(tiny_run)
+    p = subprocess.run([sys.executable, "-c", DIE_ON_REPLACE, str(reg.root)], timeout=120)
+    assert p.returncode == -signal.SIGKILL
+    stale_version = reg.versions_dir / ".tmp-999999999-x"  # a copy whose process is gone
+    stale_version.mkdir()
+    assert [f.name for f in reg.root.glob(".registry.json.*")]  # what the kill left
+    reg.set_alias("challenger", "v1")
+    assert not list(reg.root.glob(".registry.json.*")) and not stale_version.exists()
+    assert reg.aliases() == {"champion": "v1", "challenger": "v1"}

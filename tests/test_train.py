@@ -181,3 +181,130 @@ def test_init_adapter_continues_from_saved_weights(tiny_project):
     with pytest.raises(TuneloopError, match="adapter_config.json"):
         train(load_config(tiny_project, ["method.init_adapter=/nonexistent", "output.name=x"]),
               quiet=True)
+
+
+# ---- checkpoints: nothing unsafe to load, corruption named, a full disk reported -----------------
+class _RunsCode:
+    """Unpickling this runs a shell command: what a crafted checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def _checkpoint_folder(path, state_pt: bytes):
+    """A checkpoint folder with real weights and loop state around the given state.pt bytes."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(path / "trainable.safetensors"))
+    (path / "loop.json").write_text(json.dumps({"step": 1}))
+    (path / "state.pt").write_bytes(state_pt)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["torch.save", "raw pickle"])
+def test_a_crafted_checkpoint_is_refused_and_runs_no_code(tmp_path, fmt):
+    import io
+    import pickle
+
+    from tuneloop.errors import TuneloopError
+    from tuneloop.train import checkpoint
+
+    marker = tmp_path / "PWNED"
+    buf = io.BytesIO()
+    payload = {"optimizer": _RunsCode(marker), "scheduler": {}, "rng": {}}
+    torch.save(payload, buf) if fmt == "torch.save" else pickle.dump(payload, buf, protocol=2)
+    ckpt = _checkpoint_folder(tmp_path / "step-0000001", buf.getvalue())
+    with pytest.raises(TuneloopError, match=r"state.pt: refused to load it.*posix.system") as e:
+        checkpoint.read(ckpt)
+    assert not isinstance(e.value, checkpoint.CorruptCheckpoint)  # refused, not skipped over
+    assert not marker.exists()
+
+
+def test_checkpoint_state_is_plain_data_and_old_numpy_rng_state_still_loads(tiny_project, tmp_path):
+    import io
+    import random
+
+    import numpy as np
+
+    from tuneloop.train import checkpoint
+
+    run, _ = train(load_config(tiny_project, ["train.max_steps=2", "train.save_every=2",
+                                              "output.name=plain"]), quiet=True)
+    state = torch.load(run / "checkpoints" / "step-0000002" / "state.pt", weights_only=True)
+    assert set(state) == {"optimizer", "scheduler", "rng"}  # loads with no allow-list at all
+    # A checkpoint written before the RNG state was plain data holds numpy's state as an ndarray.
+    np.random.seed(7)
+    buf = io.BytesIO()
+    torch.save({"optimizer": {}, "scheduler": {}, "rng": {
+        "python": random.getstate(), "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state()}}, buf)
+    expect = np.random.rand(3)
+    old = checkpoint.read(_checkpoint_folder(tmp_path / "step-0000001", buf.getvalue()))
+    checkpoint.set_rng_state(old.state["rng"])
+    assert np.array_equal(np.random.rand(3), expect)
+
+
+def test_resume_without_a_checkpoint_is_an_error_not_a_restart(tiny_project):
+    from tuneloop.errors import TuneloopError
+
+    cfg = load_config(tiny_project, ["train.max_steps=2", "train.save_every=100", "output.name=nock"])
+    run, _ = train(cfg, quiet=True)
+    before = (run / "metrics.jsonl").read_bytes()
+    with pytest.raises(TuneloopError, match="no checkpoint to resume from"):
+        train(cfg, resume=run, quiet=True)
+    assert (run / "metrics.jsonl").read_bytes() == before  # no duplicated rows
+
+
+def test_a_corrupt_latest_checkpoint_resumes_from_the_older_one_bit_for_bit(tiny_project, monkeypatch,
+                                                                            capsys):
+    base = ["method.dropout=0.1", "train.save_every=2", "train.max_steps=8"]
+    full_run, _ = train(load_config(tiny_project, base + ["output.name=full"]), quiet=True)
+    cfg = load_config(tiny_project, base + ["output.name=cut"])
+    _interrupt_at(monkeypatch, 7, RuntimeError)
+    with pytest.raises(RuntimeError):
+        train(cfg, quiet=True)
+    monkeypatch.undo()
+    latest = tiny_project.parent / "runs" / "cut" / "checkpoints" / "step-0000006"
+    state = latest / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # torn
+    run, _ = train(cfg, resume=latest.parent.parent, quiet=True)
+    err = "".join(capsys.readouterr().err.split())
+    assert "skippingacorruptcheckpoint:" + "".join(str(state).split()) in err
+    assert "resumingfrom" + "".join(str(latest.parent / "step-0000004").split()) in err
+    assert _losses(run) == _losses(full_run)
+    a = load_file(str(full_run / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_full_disk_during_a_checkpoint_is_named_and_leaves_no_temp_folder(tiny_project, monkeypatch):
+    import errno
+    import os
+
+    from tuneloop.errors import TuneloopError
+    from tuneloop.train import checkpoint
+
+    real, calls = checkpoint.save_file, []
+
+    def save_file(tensors, filename, *a, **k):
+        calls.append(filename)
+        if len(calls) == 2:
+            with open(filename, "wb") as f:
+                f.write(b"\0" * 4096)  # part of the file is on disk when space runs out
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+        return real(tensors, filename, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_file", save_file)
+    cfg = load_config(tiny_project, ["train.max_steps=4", "train.save_every=1", "output.name=full"])
+    with pytest.raises(TuneloopError, match=r"step-0000002: could not write.*No space left on "
+                                            r"device.*step-0000001 is intact.*--resume"):
+        train(cfg, quiet=True)
+    ckpts = tiny_project.parent / "runs" / "full" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-0000001"]  # no .tmp-step-* left
+    assert checkpoint.read(ckpts / "step-0000001").loop["step"] == 1

@@ -41,6 +41,21 @@ for stage in (recipes, data, train, evaluate, select, registry, export, serve, m
     stage.register(app)
 
 
+def _click_classes(name: str) -> tuple[type, ...]:
+    """click's exception class, and the copy typer >= 0.29 vendors (its parser raises that one)."""
+    classes = [getattr(click.exceptions, name)]
+    try:
+        from typer._click import exceptions as vendored  # why: absent before typer 0.29
+        classes += [c for c in (getattr(vendored, name, None),) if c is not None]
+    except ImportError:
+        pass
+    return tuple(classes)
+
+
+_CLICK_ERRORS = _click_classes("ClickException")
+_CLICK_ABORTS = _click_classes("Abort")
+
+
 def main() -> None:
     """The `tuneloop` entry point: process settings first, then the command."""
     # Before torch loads OpenMP: idle threads sleep instead of spinning. On a busy or shared CPU
@@ -51,17 +66,17 @@ def main() -> None:
     try:
         rv = app(standalone_mode=False)
     except TuneloopError as e:
-        err.print(f"error: {e}", style="red", highlight=False, markup=False)
+        err.print(f"error: {e}", style="red", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:  # click's usage errors arrive here in non-standalone mode
-        if isinstance(e, click.exceptions.ClickException):
+        if isinstance(e, _CLICK_ERRORS):
             e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+            sys.exit(2 if e.exit_code == 1 else e.exit_code)  # a bad option value is a usage error
+        if isinstance(e, _CLICK_ABORTS):
             sys.exit(1)
         raise
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -18,7 +18,14 @@ from typing import Any
 import tuneloop
 from tuneloop.config import Config, load_config
 from tuneloop.errors import TuneloopError
-from tuneloop.models.load import chat_tokenizer, choose_placement, load_model, resolve_model
+from tuneloop.models.load import (
+    chat_tokenizer,
+    check_adapter,
+    check_model_folder,
+    choose_placement,
+    load_model,
+    resolve_model,
+)
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -60,7 +67,14 @@ def read_summary(run: str | Path) -> dict[str, Any]:
     p = Path(run) / "summary.json"
     if not p.exists():
         raise TuneloopError(f"{run}: the run has no summary.json (did training finish?)")
-    return json.loads(p.read_text())
+    try:
+        summary = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TuneloopError(f"{p}: not valid JSON ({e}); it is written once when training ends, "
+                            "so the file was damaged since; train the run again") from None
+    if not isinstance(summary, dict):
+        raise TuneloopError(f"{p}: expected a JSON object; the file was damaged since training")
+    return summary
 
 
 def load_run_model(run: str | Path, placement: Any = None):
@@ -68,15 +82,27 @@ def load_run_model(run: str | Path, placement: Any = None):
     run = Path(run)
     cfg = read_run_config(run)
     placement = placement or choose_placement(cfg.model.device, cfg.model.dtype)
+    check_run_weights(run, cfg)  # a torn or mismatched file is named here, not in a traceback
     tok = chat_tokenizer(str(run / "tokenizer"))
     if (run / "model").exists():
         model = load_model(str(run / "model"), placement)
-    elif (run / "adapter").exists():
+    else:
         from peft import PeftModel  # why: as in environment(): the CLI's start stays light
 
         base = load_model(resolve_model(cfg.model.name), placement)
         model = PeftModel.from_pretrained(base, run / "adapter")
-    else:
-        raise TuneloopError(f"{run}: no adapter/ or model/ folder; the run did not finish")
     model.eval()
     return model, tok, cfg
+
+
+def check_run_weights(run: str | Path, cfg: Config | None = None) -> None:
+    """Refuse a run whose weights would not load: a torn safetensors file, a corrupt
+    adapter_config.json, or adapter tensors that do not fit the base model (names, shapes)."""
+    run = Path(run)
+    cfg = cfg or read_run_config(run)
+    if (run / "model").is_dir():
+        check_model_folder(run / "model")
+    elif (run / "adapter").is_dir():
+        check_adapter(run / "adapter", resolve_model(cfg.model.name))
+    else:
+        raise TuneloopError(f"{run}: no adapter/ or model/ folder; the run did not finish")

@@ -54,6 +54,18 @@ def _tokenizer(cfg: Config) -> Any | None:
         return None
 
 
+def _write_card(path: Path, text: str, flag: str) -> None:
+    from tuneloop.files import atomic_write_text
+
+    if path.is_dir():
+        raise TuneloopError(f"{flag} {path}: is a folder; give a file path, e.g. "
+                            f"{path / 'card.html' if flag == '--html' else path / 'card.md'}")
+    try:
+        atomic_write_text(path, text)
+    except OSError as e:
+        raise TuneloopError(f"{flag} {path}: cannot write it ({e.strerror or e})") from None
+
+
 @data_app.command()
 def audit(
     data: DataArg = None, config: ConfigOpt = None, sets: SetOpt = None,
@@ -89,9 +101,9 @@ def audit(
     tok = _tokenizer(cfg) if model else None
     report = run_audit(path, cfg, against or [], tok, embeddings, progress=not (quiet or json_out))
     if html:
-        html.write_text(card.to_html(report), encoding="utf-8")
+        _write_card(html, card.to_html(report), "--html")
     if md:
-        md.write_text(card.to_markdown(report), encoding="utf-8")
+        _write_card(md, card.to_markdown(report), "--md")
     if json_out:
         print_json(report.to_dict())
     elif not quiet:

@@ -21,7 +21,7 @@ from tuneloop.data.audit.records import Record, read_set
 from tuneloop.data.audit.text import normalise
 from tuneloop.data.io import file_kind
 from tuneloop.errors import TuneloopError
-from tuneloop.files import replacing
+from tuneloop.files import atomic_write_text, replacing
 
 
 @dataclass
@@ -77,12 +77,19 @@ def _drops(recs: list[Record], near_threshold: float, classification: bool,
 def write_records(rows: list[dict[str, Any]], out: Path) -> None:
     """Write rows in the format the output suffix names (JSONL, CSV, TSV, Parquet), atomically."""
     kind = file_kind(out)
-    with replacing(out) as tmp:
-        if kind == "parquet":
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
-        else:
-            with open(tmp, "w", encoding="utf-8", newline="") as f:
-                _write_text_rows(f, rows, kind)
+    if out.is_dir():
+        raise TuneloopError(f"{out}: is a folder; give the path of a file to write, "
+                            f"e.g. {out / ('clean' + out.suffix)}")
+    try:
+        with replacing(out) as tmp:
+            if kind == "parquet":
+                pq.write_table(pa.Table.from_pylist(rows), tmp)
+            else:
+                with open(tmp, "w", encoding="utf-8", newline="") as f:
+                    _write_text_rows(f, rows, kind)
+    except OSError as e:
+        raise TuneloopError(f"{out}: cannot write it ({e.strerror or e}); choose another "
+                            "output path") from None
 
 
 def _write_text_rows(f, rows: list[dict[str, Any]], kind: str) -> None:
@@ -130,7 +137,10 @@ def fix_file(path: str | Path, out: str | Path, cfg: Config, redact_pii: bool = 
     seen = {e["id"] for e in log if e["action"] == "drop"}
     write_records(rows, out)
     lp = log_path(out)
-    with open(lp, "w", encoding="utf-8") as f:
-        for e in sorted(log, key=lambda e: e["line"]):
-            f.write(json.dumps(e, ensure_ascii=False) + "\n")
+    text = "".join(json.dumps(e, ensure_ascii=False) + "\n"
+                   for e in sorted(log, key=lambda e: e["line"]))
+    try:
+        atomic_write_text(lp, text)
+    except OSError as e:
+        raise TuneloopError(f"{lp}: cannot write the change log ({e.strerror or e})") from None
     return FixResult(len(aset.records), len(rows), len(seen), redacted, out, lp)

@@ -68,7 +68,8 @@ class Normaliser:
         missing = [k for k in FORMAT_KEYS[fmt] if row.get(k) is None]
         if missing:
             raise RecordError(f"missing {', '.join(map(repr, missing))}; expected {EXPECTED[fmt]}")
-        rid = str(row["id"]) if row.get("id") not in (None, "") else str(raw.row)
+        # Without its own id, a record is named by the file line it starts on (header counted).
+        rid = str(row["id"]) if row.get("id") not in (None, "") else str(raw.line)
         label = row.get("label")
         label = None if label is None else str(label).strip()
         source = row.get("source")

@@ -22,7 +22,8 @@ class Loaded:
 
 def load_examples(path: str | Path, data: DataConfig, task: TaskConfig,
                   skip_invalid: bool | None = None, limit: int | None = None) -> Loaded:
-    """Read and normalise one file. Raises TuneloopError at the first bad row unless skipping."""
+    """Read and normalise one file. Raises TuneloopError at the first bad row (unparseable,
+    not UTF-8, or not fitting its format) unless skipping; a skipped row is listed in `skipped`."""
     skip = data.skip_invalid if skip_invalid is None else skip_invalid
     norm = Normaliser(data, task)
     fmt: str | None = None
@@ -32,8 +33,9 @@ def load_examples(path: str | Path, data: DataConfig, task: TaskConfig,
         if limit is not None and len(examples) >= limit:
             break
         try:
-            if raw.error:
-                raise RecordError(raw.error)
+            if raw.error or raw.encoding:
+                # Bytes that are not UTF-8 would train as U+FFFD: refuse them unless skipping.
+                raise RecordError("; ".join(m for m in (raw.error, raw.encoding) if m))
             fmt = fmt or norm.detect(raw.data or {})
             examples.append(norm.to_example(raw, fmt))
         except RecordError as e:

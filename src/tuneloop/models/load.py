@@ -10,9 +10,12 @@ the seconds those imports take.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -41,7 +44,54 @@ def resolve_model(name: str) -> str:
     if p.suffix == ".gguf" or p.exists() or name.startswith((".", "/", "~")):
         raise TuneloopError(f"model {name!r}: no such folder; use a catalog name "
                             f"({', '.join(CATALOG)}), a model folder or a hub id")
-    return name  # a hub id: works when the user has it in their Hugging Face cache
+    return _hub_model(name)
+
+
+HUB_TIMEOUT_S = 10.0
+
+
+def _hub_model(name: str) -> str:
+    """A hub id: its snapshot folder when the Hugging Face cache has it; else the id, once the
+    hub (asked with a short timeout, never when offline) confirms the model exists."""
+    # why: huggingface_hub is imported with transformers; only a hub id needs it here.
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    try:
+        cached = huggingface_hub.try_to_load_from_cache(name, "config.json")
+    except (HFValidationError, ValueError):
+        raise TuneloopError(f"model {name!r}: not a catalog name, a model folder or a valid hub "
+                            f"id (owner/name){_did_you_mean(name)}") from None
+    if isinstance(cached, str):
+        return str(Path(cached).parent)
+    if _offline():
+        raise TuneloopError(f"model {name!r}: not a catalog name, a model folder, or a hub id in "
+                            "the Hugging Face cache (HF_HUB_OFFLINE is set, so the hub is not "
+                            f"asked){_did_you_mean(name)}")
+    try:
+        huggingface_hub.model_info(name, timeout=HUB_TIMEOUT_S)
+    except (RepositoryNotFoundError, HFValidationError):
+        raise TuneloopError(f"model {name!r}: no such model on the Hugging Face hub (nor a "
+                            f"catalog name or a model folder){_did_you_mean(name)}") from None
+    except GatedRepoError:
+        raise TuneloopError(f"model {name!r}: gated on the Hugging Face hub; accept its terms and "
+                            "log in (`hf auth login`), or use a local folder") from None
+    except Exception as e:  # any network failure, in the hub client's own error types
+        raise TuneloopError(f"model {name!r}: not cached, and the Hugging Face hub did not answer "
+                            f"within {HUB_TIMEOUT_S:.0f} s ({type(e).__name__}: {e}); download it "
+                            f"while online or use a local folder{_did_you_mean(name)}") from None
+    return name
+
+
+def _offline() -> bool:
+    flags = (os.environ.get(k, "").strip().upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f in {"1", "ON", "YES", "TRUE"} for f in flags)
+
+
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name.lower(), list(CATALOG), n=2, cutoff=0.5)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"; {hint}catalog names: {', '.join(CATALOG)}"
 
 
 def _cached_catalog_model(name: str) -> Path:
@@ -167,3 +217,83 @@ def load_model(path: str, placement: Placement | None = None):
     except OSError as e:
         raise TuneloopError(f"cannot load model {path!r}: {e}") from e
     return model.to(placement.device)
+
+
+def weight_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} from a safetensors header (no tensor data read); a truncated or
+    garbled file is a TuneloopError naming it."""
+    from safetensors import safe_open  # why: keeps the CLI's start light (module docstring)
+
+    try:
+        with safe_open(str(file), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error type (SafetensorError)
+        raise TuneloopError(f"{file}: not a readable safetensors file ({e}); it is truncated or "
+                            "corrupt. Copy it again from where it came from, or train the run "
+                            "again") from None
+
+
+def _read_json(file: Path, what: str) -> dict:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TuneloopError(f"{file}: missing; {what} is incomplete") from None
+    except (OSError, ValueError) as e:
+        raise TuneloopError(f"{file}: not valid JSON ({e}); {what} is corrupt. Copy it again "
+                            "from where it came from, or train the run again") from None
+    if not isinstance(data, dict):
+        raise TuneloopError(f"{file}: expected a JSON object; {what} is corrupt")
+    return data
+
+
+def check_adapter(folder: Path, base_path: str) -> None:
+    """Refuse an adapter that would not load onto the base model at `base_path`: unreadable
+    files, or tensors whose names or shapes differ from what the base model's modules need.
+
+    The base is built on the meta device from its config, so no weights are read; the adapter
+    is checked from its safetensors header alone.
+    """
+    # why: keeps the CLI's start light (module docstring); peft writes os.environ on import.
+    import torch
+    from peft import PeftConfig, get_peft_model
+    from peft.utils import get_peft_model_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    _read_json(folder / "adapter_config.json", f"the adapter in {folder}")
+    file = folder / "adapter_model.safetensors"
+    if not file.is_file():
+        raise TuneloopError(f"{file}: missing; the adapter in {folder} is incomplete (only "
+                            "safetensors adapters are loaded)")
+    have = weight_shapes(file)
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_path))
+            peft = get_peft_model(base, PeftConfig.from_pretrained(str(folder)))
+            need = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(peft).items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise TuneloopError(f"{folder / 'adapter_config.json'}: does not describe an adapter for "
+                            f"the base model {base_path} ({e})") from None
+    missing = sorted(set(need) - set(have))
+    extra = sorted(set(have) - set(need))
+    shaped = sorted(k for k in set(need) & set(have) if need[k] != have[k])
+    if missing or extra or shaped:
+        detail = "; ".join(f"{what} {len(keys)}, e.g. {keys[0]}" + (
+            f" {have[keys[0]]} vs {need[keys[0]]}" if what == "wrong shape" else "")
+            for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", shaped))
+            if keys)
+        raise TuneloopError(f"{file}: does not fit the base model {base_path} ({detail}); it was "
+                            "trained on another base model or is corrupt. Register or load it with "
+                            "the config of the run that trained it")
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse a full fine-tune's folder whose config or safetensors files are unreadable."""
+    folder = Path(folder)
+    _read_json(folder / "config.json", f"the model in {folder}")
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise TuneloopError(f"{folder}: no .safetensors weights found")
+    for f in files:
+        weight_shapes(f)

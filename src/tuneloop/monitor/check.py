@@ -82,15 +82,19 @@ def run_monitor(cfg: Config, window: str | None = None, now: datetime | None = N
     until = now or datetime.now(UTC)
     since = until - parse_window(spec)
     registry = Registry.from_config(cfg)
-    champion = _champion(registry)
+    champion = registry.champion()  # None before any registration; a damaged registry raises
     store = TrafficStore(store_url(cfg))
-    reqs = store.requests(since=since, until=until)
+    # Drift is about what the model answered: refused and failed requests (400s with
+    # oversized input, 5xx) are logged too, but counted apart, not compared with training data.
+    reqs = store.requests(since=since, until=until, status=200)
+    failed = len(store.requests(since=since, until=until)) - len(reqs)
     fb = store.feedback(since=since, until=until)
     version = champion.id if champion else None
     thresholds = mcfg.model_dump()
     res: dict[str, Any] = {
         "window": {"spec": spec, "since": since.isoformat(), "until": until.isoformat()},
-        "champion": version, "requests": len(reqs), "feedback": len(fb),
+        "champion": version, "requests": len(reqs), "failed_requests": failed,
+        "feedback": len(fb),
         "versions": _count(r.get("version") for r in reqs), "thresholds": thresholds,
         "signals": {}, "reasons": [], "series": [], "most_drifted": []}
     if len(reqs) < mcfg.min_requests:
@@ -135,13 +139,6 @@ def run_monitor(cfg: Config, window: str | None = None, now: datetime | None = N
     res["drift"] = bool(res["reasons"])
     res["verdict"] = "drift" if res["drift"] else "no_drift"
     return res
-
-
-def _champion(registry):
-    try:
-        return registry.get("champion")
-    except (TuneloopError, KeyError):
-        return None
 
 
 def _count(values) -> dict[str, int]:
@@ -199,8 +196,14 @@ def _registered_accuracy(version) -> float | None:
     """The champion's test accuracy as registered: its eval.json, else gate evidence."""
     ev = Path(version.path) / "eval.json"
     if ev.exists():
-        acc = (json.loads(ev.read_text()).get("systems", {}).get("finetuned", {})
-               .get("metrics", {}).get("accuracy", {}).get("value"))
+        try:
+            rep = json.loads(ev.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise TuneloopError(f"{ev}: not valid JSON ({e}); it was copied at `registry add` and "
+                                "damaged since; copy the run's eval/eval.json over it, or delete "
+                                "it to compare with earlier feedback instead") from None
+        acc = (rep.get("systems", {}).get("finetuned", {}) if isinstance(rep, dict) else {}) \
+            .get("metrics", {}).get("accuracy", {}).get("value")
         if isinstance(acc, int | float):
             return float(acc)
     return None

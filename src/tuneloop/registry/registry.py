@@ -9,16 +9,23 @@ a crash mid-promotion leaves either the old or the new champion, never a torn fi
 history share the file so they can never disagree. A version folder is built under a temp name
 and renamed into place, so a half-copied version is never visible.
 
+ROOT/registry.json.bak is a copy of the last state written: a damaged registry.json is an error
+that points to it, never read as an empty registry. Temp files a killed process leaves behind
+are removed by the next command that takes the registry's lock.
+
 The first registered version becomes the champion (a registry with versions always has one to
 serve); later versions get no alias until promoted or named challenger.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,9 +33,10 @@ from typing import Any
 
 import yaml
 
+from tuneloop.console import err
 from tuneloop.errors import TuneloopError
 from tuneloop.files import atomic_write_text, file_lock
-from tuneloop.runs import load_run_model
+from tuneloop.runs import check_run_weights, load_run_model
 
 ALIASES = ("champion", "challenger")
 VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
@@ -95,28 +103,78 @@ class Registry:
         return cls(Path(cfg.registry.dir))
 
     # ---- state ---------------------------------------------------------------------------
-    def _locked(self):
-        """Inter-process lock around read-modify-write of registry.json and version ids."""
-        return file_lock(self.root / ".lock")
+    @property
+    def backup_path(self) -> Path:
+        """registry.json.bak: a copy of the last state written, for restoring a damaged file."""
+        return self.root / "registry.json.bak"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Inter-process lock around read-modify-write of registry.json and version ids; on
+        entry it removes what a killed process left (temp files, half-copied versions)."""
+        with file_lock(self.root / ".lock"):
+            self._sweep()
+            yield
+
+    def _sweep(self) -> None:
+        # registry.json (and its backup) are only written under the lock, so any temp file of
+        # theirs seen while holding it belongs to a dead writer. A version is copied before the
+        # lock is taken, into .tmp-PID-*: only those of processes no longer alive are removed.
+        for tmp in self.root.glob(f".{self.state_path.name}.*"):
+            tmp.unlink(missing_ok=True)
+        for tmp in self.versions_dir.glob(".tmp-*") if self.versions_dir.is_dir() else ():
+            m = re.match(r"\.tmp-(\d+)-", tmp.name)
+            if not (m and _alive(int(m[1]))):
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def _state(self) -> dict[str, Any]:
+        """registry.json, checked: a damaged file is an error that says how to restore it,
+        never read as an empty registry."""
         if not self.state_path.exists():
+            if self.backup_path.exists():
+                raise TuneloopError(f"{self.state_path}: missing, but {self.backup_path.name} shows "
+                                    f"the registry had one; {self._restore_hint()}")
             return {"aliases": {}, "history": []}
-        try:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise TuneloopError(f"{self.state_path}: not valid JSON ({e}); it is only ever replaced "
-                                "atomically, so it was edited by hand; restore it") from None
-        state.setdefault("aliases", {})
-        state.setdefault("history", [])
+        state, problem = _parse_state(self.state_path)
+        if problem:
+            raise TuneloopError(f"{self.state_path}: {problem}; it is only ever replaced atomically, "
+                                f"so it was damaged or edited by hand. {self._restore_hint()}")
         return state
 
+    def _restore_hint(self) -> str:
+        bak = self.backup_path
+        if bak.exists() and not _parse_state(bak)[1]:
+            return (f"{bak} holds the last state tuneloop wrote: check it, then restore it with "
+                    f"`cp {bak} {self.state_path}`")
+        return (f"There is no usable backup ({bak.name}); rewrite it by hand as "
+                '{"aliases": {"champion": "vN"}, "history": []} with a version from '
+                f"{self.versions_dir}")
+
     def _save_state(self, state: dict[str, Any]) -> None:
-        atomic_write_text(self.state_path, json.dumps(state, indent=2) + "\n")
+        text = json.dumps(state, indent=2) + "\n"
+        atomic_write_text(self.state_path, text)
+        try:
+            atomic_write_text(self.backup_path, text)
+        except OSError as e:  # the change itself is saved; only the copy is stale
+            err.print(f"warning: {self.backup_path}: could not update the backup ({e})",
+                      style="yellow", highlight=False, markup=False)
 
     # ---- reading -------------------------------------------------------------------------
     def _read_version(self, folder: Path) -> Version:
-        prov = json.loads((folder / "provenance.json").read_text(encoding="utf-8"))
+        file = folder / "provenance.json"
+        try:
+            prov = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            prov, why = None, f"not valid JSON ({e})"
+        else:
+            why = "expected a JSON object"
+        if not isinstance(prov, dict):
+            src = _source_run(file)
+            redo = (f"register its run again (`tuneloop registry add {src}`)" if src
+                    else "register its run again")
+            raise TuneloopError(f"{file}: {why}; it is written once when {folder.name} is "
+                                f"registered, so it was damaged since. Restore it from a backup, "
+                                f"or remove {folder} and {redo}")
         return Version(id=folder.name, path=folder, base_model=prov.get("base_model", ""),
                        data_hash=prov.get("data_hash", ""), config=prov.get("config", {}),
                        metrics=prov.get("metrics", {}), parent=prov.get("parent"),
@@ -136,6 +194,12 @@ class Registry:
     def aliases(self) -> dict[str, str]:
         """Alias -> version id (e.g. {'champion': 'v2', 'challenger': 'v3'})."""
         return dict(self._state()["aliases"])
+
+    def champion(self) -> Version | None:
+        """The champion; None only when none is set yet (a damaged registry raises)."""
+        if "champion" not in self._state()["aliases"]:
+            return None
+        return self.get("champion")
 
     def history(self) -> list[dict[str, Any]]:
         """Every promotion, rollback and alias change, oldest first."""
@@ -178,8 +242,10 @@ class Registry:
             if not (run / need).exists():
                 raise TuneloopError(f"{run}: not a complete run folder (no {need})")
         check_safetensors(weights)
+        check_run_weights(run)  # it loads: readable files, tensors that fit the base model
         config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
         data = _read_json(run / "data.json")
+        self._state()  # a damaged registry.json stops here, before anything is copied
         if parent is not None:
             parent = self.get(parent).id
         else:
@@ -189,7 +255,7 @@ class Registry:
                 "metrics": _read_json(run / "summary.json"), "parent": parent, "created": _now(),
                 "note": note, "source_run": str(run), "config": config}
         self.versions_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.versions_dir, prefix=".tmp-"))
+        tmp = Path(tempfile.mkdtemp(dir=self.versions_dir, prefix=f".tmp-{os.getpid()}-"))
         try:
             for name in COPIED:
                 src = run / name
@@ -201,15 +267,20 @@ class Registry:
                 shutil.copy2(run / "eval" / "eval.json", tmp / "eval.json")
             atomic_write_text(tmp / "provenance.json", json.dumps(prov, indent=2, default=str) + "\n")
             with self._locked():
+                state = self._state()  # read before vN appears: an error leaves no orphan
                 ids = self._ids()
                 vid = f"v{int(ids[-1][1:]) + 1 if ids else 1}"
                 tmp.rename(self.versions_dir / vid)
-                state = self._state()
-                if "champion" not in state["aliases"]:
-                    self._set(state, "champion", vid, "promote", {"reason": "first registered version"})
-                if alias:
-                    self._set(state, alias, vid, "alias", {})
-                self._save_state(state)
+                try:
+                    if "champion" not in state["aliases"]:
+                        self._set(state, "champion", vid, "promote",
+                                  {"reason": "first registered version"})
+                    if alias:
+                        self._set(state, alias, vid, "alias", {})
+                    self._save_state(state)
+                except BaseException:
+                    (self.versions_dir / vid).rename(tmp)  # not registered: removed below
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return self.get(vid)
@@ -294,4 +365,51 @@ class Registry:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TuneloopError(f"{path}: not valid JSON ({e}); the run folder is damaged, so it is "
+                            "not registered; train the run again") from None
+    if not isinstance(data, dict):
+        raise TuneloopError(f"{path}: expected a JSON object; the run folder is damaged")
+    return data
+
+
+def _parse_state(path: Path) -> tuple[dict[str, Any], str]:
+    """(state, "") for a sound registry.json (or its backup), else ({}, what is wrong)."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+        return {}, f"not valid JSON ({e})"
+    if not isinstance(state, dict):
+        return {}, "expected a JSON object with aliases and history"
+    state.setdefault("aliases", {})
+    state.setdefault("history", [])
+    aliases, history = state["aliases"], state["history"]
+    if not isinstance(aliases, dict) or not all(
+            isinstance(a, str) and isinstance(v, str) and VERSION_RE.match(v) for a, v in aliases.items()):
+        return {}, "'aliases' is not a map of alias -> version id (v1, v2, ...)"
+    if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
+        return {}, "'history' is not a list of events"
+    return state, ""
+
+
+def _source_run(prov_file: Path) -> str | None:
+    """The run a version was copied from, fished out of a damaged provenance.json if possible."""
+    try:
+        m = re.search(r'"source_run":\s*"([^"]+)"', prov_file.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
+    return m[1] if m else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -34,11 +34,16 @@ def pin_frozen(registry_dir: Path, path: str, examples: list[Example]) -> dict:
     pin_path = Path(registry_dir) / "frozen_eval.json"
     fp = fingerprint(examples)
     if pin_path.exists():
-        pin = json.loads(pin_path.read_text())
-        if pin["fingerprint"] != fp:
+        try:
+            pin = json.loads(pin_path.read_text(encoding="utf-8"))
+            pinned_fp = pin["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise TuneloopError(f"{pin_path}: damaged ({type(e).__name__}: {e}); delete it to pin "
+                                f"the frozen eval set {path} again") from None
+        if pinned_fp != fp:
             raise TuneloopError(
-                f"{path}: the frozen eval set changed since it was pinned ({pin['pinned']}, "
-                f"{pin['examples']} examples, sha256 {pin['fingerprint'][:12]}..., now "
+                f"{path}: the frozen eval set changed since it was pinned ({pin.get('pinned')}, "
+                f"{pin.get('examples')} examples, sha256 {pin['fingerprint'][:12]}..., now "
                 f"{fp[:12]}...); restore the file, or delete {pin_path} to pin the new one on purpose")
         return pin
     pin = {"path": str(path), "fingerprint": fp, "examples": len(examples),
@@ -126,11 +131,12 @@ def run_gate(cfg: Config, fresh_path: str | None = None, promote: bool = True,
              quiet: bool = True) -> dict[str, Any]:
     """Evaluate champion vs challenger, decide, record the evidence and promote if earned."""
     registry = Registry.from_config(cfg)
-    try:
-        champion, challenger = registry.get("champion"), registry.get("challenger")
-    except (TuneloopError, KeyError) as e:
+    aliases = registry.aliases()  # a damaged registry raises here, naming the file
+    missing = [a for a in ("champion", "challenger") if a not in aliases]
+    if missing:
         raise TuneloopError(f"the gate needs a champion and a challenger in {cfg.registry.dir} "
-                            f"({e}); run `tuneloop retrain` first") from None
+                            f"(no {' and no '.join(missing)}); run `tuneloop retrain` first")
+    champion, challenger = registry.get("champion"), registry.get("challenger")
     if champion.id == challenger.id:
         raise TuneloopError(f"champion and challenger are both {champion.id}: nothing to compare; "
                             "run `tuneloop retrain` for a new challenger")

@@ -139,11 +139,10 @@ def retrain(cfg: Config, quiet: bool = True) -> dict[str, Any]:
     from tuneloop.serve.store import TrafficStore, store_url
 
     registry = Registry.from_config(cfg)
-    try:
-        champion = registry.get("champion")
-    except (TuneloopError, KeyError):
-        raise TuneloopError("no champion in the registry: register a run and promote it first "
-                            "(tuneloop registry promote VERSION)") from None
+    champion = registry.champion()  # a damaged registry raises, naming the file
+    if champion is None:
+        raise TuneloopError(f"no champion in the registry {registry.root}: register a run and "
+                            "promote it first (tuneloop registry promote VERSION)")
     t0 = time.perf_counter()
     manifest = build_dataset(cfg, TrafficStore(store_url(cfg)).feedback(), champion)
     rcfg = retrain_config(cfg, manifest, champion)

@@ -1,1 +1,2 @@
-"""The OpenAI-compatible server: model pool (engine), request guard, routes (app), CLI."""
+"""The OpenAI-compatible server: model pool (engine), request guard and limits, routes (app),
+error mapping, traffic store, CLI."""

@@ -9,14 +9,23 @@ as the next (left-padded) batch per model version, with the decoder evaluation u
 (models.generate; the prompt prefix all rows share is run once), so concurrent clients share
 the forward passes instead of queueing one by one. Sampled, seeded, stop-string and streamed
 requests run alone through transformers' `generate`.
+
+Nothing a request asks for can hold the model past its deadline (`Params.deadline`): waiting
+for the lock is bounded by it, generation stops at the next token once it passes (finish
+reason "timeout"), and `close()` (server shutdown) stops every generation the same way
+("cancelled"). Stop strings are looked for only in the text the newest tokens can complete.
+A version that fails to load is remembered (`failures`, for /health) and named, not retried
+on every request.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import Future
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +50,28 @@ from tuneloop.serve.stream import StreamJob
 BASE = "base"
 
 
+LOAD_RETRY_S = 30.0  # a version that failed to load is tried again after this many seconds
+
+
 class UnknownModel(TuneloopError):
     """The requested model is not a version, alias or 'base' this server knows (HTTP 404)."""
+
+
+class RegistryUnavailable(TuneloopError):
+    """The registry cannot be read (e.g. a corrupt registry.json): the server's problem (HTTP 503)."""
+
+
+class ModelLoadFailed(TuneloopError):
+    """A registered version exists but its weights do not load (HTTP 500)."""
+
+    def __init__(self, version: str, cause: str, message: str):
+        super().__init__(f"version {version} cannot be loaded ({cause}: {message}); roll back "
+                         "(`tuneloop registry rollback`) or re-register the run")
+        self.version, self.cause = version, cause
+
+
+class DeadlineExceeded(TuneloopError):
+    """The request's deadline (serve.request_timeout_s) passed before the model was free (HTTP 504)."""
 
 
 @dataclass
@@ -54,6 +83,11 @@ class Params:
     top_p: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    deadline: float | None = None  # time.monotonic() after which generation stops
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether the deadline has passed."""
+        return self.deadline is not None and (time.monotonic() if now is None else now) > self.deadline
 
 
 @dataclass
@@ -85,15 +119,49 @@ class Handle:
     adapter: str | None
 
 
-class _Cancelled(StoppingCriteria):
-    """Stops every row once `cancel` (a threading.Event, or None) is set."""
+class _Stopper(StoppingCriteria):
+    """Per row: done once a stop string appears in the text, the row's deadline passes, or the
+    request (`cancel`) or the server (`closing`) is cancelled.
 
-    def __init__(self, cancel: threading.Event | None):
-        self.cancel = cancel
+    A stop string can only be completed by the newest token, so only a tail of the row is
+    decoded and searched: the last 4 tokens per stop-string character (a character is at most
+    4 bytes, a token at least one), not the whole text at every token.
+    """
+
+    def __init__(self, tok, width: int, ps: list[Params], cancel: threading.Event | None,
+                 closing: threading.Event):
+        self.tok, self.width, self.ps = tok, width, ps
+        self.cancel, self.closing = cancel, closing
+        self.window = [4 * max((len(s) for s in q.stop), default=0) + 4 for q in ps]
+        self.timed_out = [False] * len(ps)
+        self.tail_tokens = 0  # longest tail decoded (tests check that it stays bounded)
 
     def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), bool(self.cancel and self.cancel.is_set()),
-                          dtype=torch.bool, device=input_ids.device)
+        if self.closing.is_set() or (self.cancel is not None and self.cancel.is_set()):
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        now, done = time.monotonic(), []
+        for r, q in enumerate(self.ps):
+            if q.expired(now):
+                self.timed_out[r] = True
+                done.append(True)
+            elif q.stop:
+                start = max(self.width, input_ids.shape[1] - self.window[r])
+                self.tail_tokens = max(self.tail_tokens, input_ids.shape[1] - start)
+                tail = self.tok.decode(input_ids[r, start:].tolist(), skip_special_tokens=True)
+                done.append(any(s in tail for s in q.stop))
+            else:
+                done.append(False)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _latest(ps: list[Params]) -> float | None:
+    """The deadline after which no row of a batch waits any more (None: one row never expires)."""
+    deadlines = [q.deadline for q in ps]
+    return None if any(d is None for d in deadlines) else max(d for d in deadlines if d is not None)
+
+
+class _Abort(Exception):
+    """Raised by a forward hook to stop a micro-batch nobody waits for any more."""
 
 
 class ModelPool:
@@ -113,6 +181,12 @@ class ModelPool:
         self._batcher_lock = threading.Lock()
         self.stats = {"batches": 0, "batched_requests": 0, "largest_batch": 0}
         self._stops: dict[int, list[int]] = {}  # id(tokenizer) -> stop ids; tokenizers live as long
+        self.closing = threading.Event()  # set by close(): every generation stops at its next token
+        self._failures: dict[str, tuple[str, str, float]] = {}  # version -> (class, message, when)
+
+    def close(self) -> None:
+        """Stop every running and queued generation (server shutdown)."""
+        self.closing.set()
 
     # ---- names ---------------------------------------------------------------------------
     def resolve(self, name: str) -> str:
@@ -124,21 +198,56 @@ class ModelPool:
             return BASE
         if self.registry is None:
             raise UnknownModel(f"model {name!r} not found: this server has no registry, only 'base'")
+        self._read_registry(self.registry.aliases)  # a corrupt registry.json is not "no such model"
         try:
-            return self.registry.get(name).id
+            vid = self.registry.resolve(name)
         except TuneloopError as e:
-            raise UnknownModel(str(e)) from None
+            raise UnknownModel(self._short(e)) from None
+        if not (self.registry.versions_dir / vid / "provenance.json").is_file():
+            raise UnknownModel(f"model {name!r} not found: no version {vid} in the registry "
+                               "(GET /v1/models lists them)")
+        return vid
 
     def names(self) -> list[str]:
         """Every name a client may use: aliases, versions and 'base'."""
         if self.registry is None:
             return [BASE]
-        return list(self.registry.aliases()) + [v.id for v in self.registry.versions()] + [BASE]
+        reg = self.registry
+        return self._read_registry(lambda: list(reg.aliases()) + [v.id for v in reg.versions()] + [BASE])
+
+    def _short(self, e: Exception) -> str:
+        """An error message without the registry's location (clients need not know it)."""
+        assert self.registry is not None
+        return str(e).replace(f"registry {self.registry.root}: ", "")
+
+    def _read_registry(self, read):
+        """read(), with any failure to read the registry as RegistryUnavailable."""
+        try:
+            return read()
+        except Exception as e:  # corrupt JSON, unreadable file: the server's problem, not the client's
+            raise RegistryUnavailable(f"the model registry cannot be read ({type(e).__name__}: "
+                                      f"{self._short(e)})") from e
 
     # ---- loading -------------------------------------------------------------------------
     def loaded_versions(self) -> list[str]:
         """Version ids whose weights are in memory, sorted (for /health)."""
         return sorted(self._handles)
+
+    def failures(self) -> dict[str, str]:
+        """Version id -> why it did not load (for /health)."""
+        return {v: f"{cls}: {msg}" for v, (cls, msg, _t) in sorted(self._failures.items())}
+
+    @contextmanager
+    def _locked(self, deadline: float | None) -> Iterator[None]:
+        """Hold the model lock; DeadlineExceeded when it is not free before `deadline`."""
+        wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self.lock.acquire(timeout=wait):
+            raise DeadlineExceeded("the request deadline passed while waiting for the model "
+                                   "(serve.request_timeout_s)")
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def _base(self, name: str) -> _Loaded:
         path = resolve_model(name)
@@ -151,18 +260,29 @@ class ModelPool:
             self._bases[path] = _Loaded(model, tok)
         return self._bases[path]
 
-    def handle(self, version: str) -> Handle:
-        """Load (once) what `version` needs and return how to run it."""
+    def handle(self, version: str, deadline: float | None = None) -> Handle:
+        """Load (once) what `version` needs and return how to run it.
+
+        A failure is remembered for LOAD_RETRY_S seconds (requests then fail at once) and
+        raised as ModelLoadFailed, whatever the loader raised.
+        """
         cached = self._handles.get(version)  # no lock: a loaded handle must not wait for a batch
         if cached is not None:
             return cached
-        with self.lock:
+        failed = self._failures.get(version)
+        if failed is not None and time.monotonic() - failed[2] < LOAD_RETRY_S:
+            raise ModelLoadFailed(version, failed[0], failed[1])
+        with self._locked(deadline):
             if version in self._handles:
                 return self._handles[version]
-            if version == BASE:
-                h = Handle(BASE, self._base(self.base_name), None)
-            else:
-                h = self._load_version(version)
+            try:
+                h = (Handle(BASE, self._base(self.base_name), None) if version == BASE
+                     else self._load_version(version))
+            except Exception as e:
+                msg = self._short(e) if self.registry is not None else str(e)
+                self._failures[version] = (type(e).__name__, msg, time.monotonic())
+                raise ModelLoadFailed(version, type(e).__name__, msg) from e
+            self._failures.pop(version, None)
             self._handles[version] = h
             return h
 
@@ -225,26 +345,41 @@ class ModelPool:
         (left-padded batch; sampling, seeds, stop strings, streaming); holds the lock."""
         tok, p = h.loaded.tok, ps[0]
         eos = self._stop_ids(tok)
+        # Left padding: every prompt ends where generation starts.
+        x, mask = pad_batch(rows, tok.pad_token_id, "left")
+        width = x.shape[1]
+        stopper = _Stopper(tok, width, ps, cancel, self.closing)
         kw: dict[str, Any] = {"max_new_tokens": max(q.max_tokens for q in ps), "eos_token_id": eos,
                               "pad_token_id": tok.pad_token_id, "streamer": streamer,
-                              "stopping_criteria": StoppingCriteriaList([_Cancelled(cancel)])}
-        if p.stop:
-            kw.update(stop_strings=p.stop, tokenizer=tok)
+                              "stopping_criteria": StoppingCriteriaList([stopper])}
         if p.temperature:
             kw.update(do_sample=True, temperature=p.temperature, top_p=p.top_p or 1.0, top_k=0)
         else:  # greedy, as in evaluation: the same prompt gets the answer that was measured
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        # Left padding: every prompt ends where generation starts.
-        x, mask = pad_batch(rows, tok.pad_token_id, "left")
-        width = x.shape[1]
-        with self.lock:
-            dev = model_device(h.loaded.model)
-            if p.seed is not None:
-                torch.manual_seed(p.seed)
-            with self._activate(h), self._autocast(), torch.no_grad():
-                out = h.loaded.model.generate(input_ids=x.to(dev), attention_mask=mask.to(dev), **kw)
-        return [self._result(h, tok, rows[i], out[i, width:].tolist()[:q.max_tokens], eos, q.stop)
+        try:
+            with self._locked(_latest(ps)):
+                if self.closing.is_set() or all(q.expired() for q in ps):
+                    raise _Abort
+                dev = model_device(h.loaded.model)
+                if p.seed is not None:
+                    torch.manual_seed(p.seed)
+                with self._activate(h), self._autocast(), torch.no_grad():
+                    out = h.loaded.model.generate(input_ids=x.to(dev), attention_mask=mask.to(dev), **kw)
+        except (_Abort, DeadlineExceeded):
+            if streamer is not None:
+                streamer.end()
+            return [self._stopped(h, r) for r in rows]
+        return [self._result(h, tok, rows[i], out[i, width:].tolist()[:q.max_tokens], eos, q,
+                             self._forced(stopper.timed_out[i]))
                 for i, q in enumerate(ps)]
+
+    def _forced(self, timed_out: bool) -> str | None:
+        """The finish reason a deadline or shutdown imposes (None: the row ended by itself)."""
+        return "cancelled" if self.closing.is_set() else "timeout" if timed_out else None
+
+    def _stopped(self, h: Handle, prompt: list[int]) -> Generation:
+        """What a request gets that was stopped before it produced anything."""
+        return Generation("", len(prompt), 0, self._forced(True) or "timeout", h.version)
 
     def _greedy_batch(self, h: Handle, rows: list[list[int]], ps: list[Params]) -> list[Generation]:
         """The batcher's decoder: evaluation's greedy loop, which runs the prompt prefix every
@@ -252,12 +387,25 @@ class ModelPool:
         tok = h.loaded.tok
         eos = self._stop_ids(tok)
         shared = common_prefix_len(rows) if len(rows) > 1 else 0
-        with self.lock:
-            dev = model_device(h.loaded.model)
-            with self._activate(h), self._autocast(), torch.no_grad():
-                new = greedy_ids(h.loaded.model, rows, shared, tok.pad_token_id, dev, eos,
-                              max(q.max_tokens for q in ps))
-        return [self._result(h, tok, rows[i], new[i].tolist()[:q.max_tokens], eos, q.stop)
+
+        def check(_module, _args) -> None:  # before every forward pass: is anyone still waiting?
+            if self.closing.is_set() or all(q.expired() for q in ps):
+                raise _Abort
+
+        try:
+            with self._locked(_latest(ps)):
+                dev = model_device(h.loaded.model)
+                hook = h.loaded.model.register_forward_pre_hook(check)
+                try:
+                    with self._activate(h), self._autocast(), torch.no_grad():
+                        new = greedy_ids(h.loaded.model, rows, shared, tok.pad_token_id, dev, eos,
+                                         max(q.max_tokens for q in ps))
+                finally:
+                    hook.remove()
+        except (_Abort, DeadlineExceeded):
+            return [self._stopped(h, r) for r in rows]
+        # Not aborted: every row ran to its end (a late but whole answer is still an answer).
+        return [self._result(h, tok, rows[i], new[i].tolist()[:q.max_tokens], eos, q)
                 for i, q in enumerate(ps)]
 
     def _autocast(self):
@@ -267,14 +415,16 @@ class ModelPool:
         return nullcontext()
 
     @staticmethod
-    def _result(h: Handle, tok, prompt: list[int], new: list[int], eos: list[int],
-                stops: list[str]) -> Generation:
+    def _result(h: Handle, tok, prompt: list[int], new: list[int], eos: list[int], q: Params,
+                forced: str | None = None) -> Generation:
         cut = next((k for k, t in enumerate(new) if t in eos), None)
         finish = "stop" if cut is not None else "length"
         text = tok.decode(new[:cut] if cut is not None else new, skip_special_tokens=True)
-        for s in stops:
-            if s in text:
-                text, finish = text[:text.index(s)], "stop"
+        at = min((i for i in (text.find(s) for s in q.stop) if i >= 0), default=None)
+        if at is not None:
+            text, finish = text[:at], "stop"
+        elif forced is not None and cut is None and len(new) < q.max_tokens:
+            finish = forced  # the deadline or shutdown stopped it, not its own end
         return Generation(text, len(prompt), len(new) if cut is None else cut + 1, finish, h.version)
 
     # ---- micro-batching ------------------------------------------------------------------
@@ -303,7 +453,13 @@ class ModelPool:
                 except queue.Empty:
                     break
             groups: dict[str, list] = {}
+            now = time.monotonic()
             for j in jobs:
+                if not j[3].set_running_or_notify_cancel():  # the client stopped waiting
+                    continue
+                if self.closing.is_set() or j[2].expired(now):  # never started: nobody waits
+                    j[3].set_result(self._stopped(j[0], j[1]))
+                    continue
                 groups.setdefault(j[0].version, []).append(j)
             for group in groups.values():
                 self.stats["batches"] += 1

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -48,9 +50,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def read_api_key(key_env: str, environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """(the API key in $key_env, a warning or None). Surrounding whitespace is stripped (clients
+    send the key without it, so a trailing newline or space would lock every client out); a key
+    of whitespace only counts as no key."""
+    raw = (os.environ if environ is None else environ).get(key_env)
+    if raw is None or raw == "":
+        return None, None
+    key = raw.strip()
+    if not key:
+        return None, f"${key_env} holds only whitespace: treated as no API key"
+    if key != raw:
+        return key, (f"${key_env} has leading or trailing whitespace; it was stripped (clients must "
+                     "send the key without it)")
+    return key, None
+
+
 def check_bind(host: str, api_key: str | None, key_env: str) -> None:
-    """Refuse to serve beyond loopback without an API key."""
-    if not api_key and not is_loopback(host):
+    """Refuse to serve beyond loopback without an API key (a key of whitespace is none)."""
+    if not (api_key and api_key.strip()) and not is_loopback(host):
         raise TuneloopError(f"--host {host} exposes the server beyond this machine; set an API key "
                             f"first: export {key_env}=$(openssl rand -hex 24) (serve.api_key_env), "
                             "or bind to 127.0.0.1")

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+RATING_RANGE = (-1.0, 5.0)  # thumbs (-1/0/1) or a 1-5 scale (monitor.traffic.feedback_correct)
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -63,7 +65,9 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: str = Field(min_length=1, max_length=64, description="The `id` of a completion response.")
-    rating: float | None = Field(None, description="A score, e.g. 1 good / 0 bad, or 1-5.")
+    rating: float | None = Field(
+        None, ge=RATING_RANGE[0], le=RATING_RANGE[1], allow_inf_nan=False,
+        description="Thumbs (-1 bad, 0, 1 good) or a 1-5 scale; `tuneloop monitor` maps both onto 0-1.")
     corrected: str | None = Field(None, max_length=100_000, description="The answer it should have given.")
     label: str | None = Field(None, max_length=256, description="The correct label (classification).")
 

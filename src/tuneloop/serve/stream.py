@@ -41,11 +41,11 @@ class StreamJob:
             self._done = True
             callbacks, self._callbacks = self._callbacks, []
         for fn in callbacks:
-            if self.result is not None:
-                fn(self.result)
+            fn(self)
 
     def when_done(self, fn) -> None:
-        """Call fn(result) from the worker once generation ends (at once if it has ended).
+        """Call fn(job) from the worker once generation ends (at once if it has ended); the job's
+        `result` or `error` says how it ended.
 
         For work that must happen even when the consumer is gone, such as logging a stream the
         client abandoned: a cancelled async task cannot await anything any more.
@@ -54,15 +54,17 @@ class StreamJob:
             if not self._done:
                 self._callbacks.append(fn)
                 return
-        if self.result is not None:
-            fn(self.result)
+        fn(self)
 
     def __iter__(self) -> Iterator[str]:
         sent, buf = 0, ""
         hold = max((len(s) for s in self._stops), default=1) - 1
         for piece in self._streamer:
+            # A match not found before must end in the new piece: search only from where it
+            # could start (a stop string is at most hold + 1 characters), not the whole text.
+            start = max(0, len(buf) - hold)
             buf += piece
-            cut = min((buf.index(s) for s in self._stops if s in buf), default=None)
+            cut = min((i for i in (buf.find(s, start) for s in self._stops) if i >= 0), default=None)
             if cut is not None:
                 if cut > sent:
                     yield buf[sent:cut]

@@ -102,6 +102,8 @@ def setup(cfg: Config, resume: Path | None) -> Recipe:
     # (TORCHINDUCTOR_CACHE_DIR); importing this module must change nothing process-wide.
     from transformers import get_cosine_schedule_with_warmup
 
+    if resume:  # before the minutes of setup: a resume needs a checkpoint
+        checkpoint.require(Path(resume) / "checkpoints")
     placement = choose_placement(cfg.model.device, cfg.model.dtype)
     acc = accelerator_for(placement)
     set_seed(cfg.seed)
@@ -128,10 +130,13 @@ def setup(cfg: Config, resume: Path | None) -> Recipe:
                {"train": train_rep, "validation": val_rep}, model, loss_fn, optimizer, scheduler,
                plan, steps, params, _run_folder(cfg, resume, acc), LoopState())
     if resume:
-        ckpt = checkpoint.latest(r.run / "checkpoints")
-        if ckpt is not None:
-            r.state = LoopState(**checkpoint.load(ckpt, acc.unwrap_model(model), optimizer, scheduler))
-            truncate_metrics(r.run / "metrics.jsonl", r.state.step)
+        loop, used, skipped = checkpoint.restore(r.run / "checkpoints", acc.unwrap_model(model),
+                                                 optimizer, scheduler)
+        for why in skipped if acc.is_main_process else ():
+            err.print(f"warning: skipping a corrupt checkpoint: {why}; resuming from {used}",
+                      style="yellow", highlight=False, markup=False)
+        r.state = LoopState(**loop)
+        truncate_metrics(r.run / "metrics.jsonl", r.state.step)
     elif acc.is_main_process:
         _write_run_files(r)
     return r

@@ -6,6 +6,7 @@ import html
 import json
 from typing import Any
 
+from tuneloop.data.audit.findings import Finding
 from tuneloop.data.audit.lengths import histogram
 from tuneloop.data.audit.run import AuditReport
 
@@ -16,9 +17,26 @@ def to_json(report: AuditReport) -> str:
     return json.dumps(report.to_dict(), indent=2, ensure_ascii=False, default=str)
 
 
+SHOWN = 5  # locations per finding in the cards; --json lists up to 50
+
+
 def _ids(ids: list[str], limit: int = 12) -> str:
     more = f" … (+{len(ids) - limit})" if len(ids) > limit else ""
     return ", ".join(ids[:limit]) + more
+
+
+def _own_id(loc: dict[str, str]) -> str:
+    """' (id X)' when the record has its own id; a default id is the line, already shown."""
+    return "" if loc["where"].rsplit(":", 1)[-1] == loc["id"] else f" (id {loc['id']})"
+
+
+def _more(f: Finding) -> str:
+    n = len(f.evidence.get("problems") or []) or len(set(f.ids))
+    return f"… and {n - SHOWN} more (`--json` lists them)" if n > SHOWN else ""
+
+
+def _md_code(text: str) -> str:
+    return "`" + (text.replace("`", "'") or " ") + "`"
 
 
 def to_markdown(report: AuditReport) -> str:
@@ -30,10 +48,18 @@ def to_markdown(report: AuditReport) -> str:
     for f in report.findings:
         lines.append(f"| {ICON[f.severity]} {f.severity} | `{f.check}` | {len(f.ids)} | "
                      f"{f.summary.replace('|', '/')} |")
-    lines += ["", "## Records to look at", ""]
+    if any(f.locations for f in report.findings):
+        lines += ["", "## Records to look at", ""]
     for f in report.findings:
-        if f.ids and f.severity != "info":
-            lines.append(f"- `{f.check}`: {_ids(f.ids)}")
+        if not f.locations:
+            continue
+        lines += [f"**{ICON[f.severity]} `{f.check}`**: {_ids(f.ids)}", ""]
+        for loc in f.locations[:SHOWN]:
+            problem = f" {loc['problem']}:" if loc.get("problem") else ""
+            lines.append(f"- {_md_code(loc['where'])}{_own_id(loc)}{problem} "
+                         f"{_md_code(loc['text'])}")
+        lines += [f"- {_more(f)}"] if _more(f) else []
+        lines.append("")
     lines += ["", "## Recommendation", "",
               f"- epochs **{rec['epochs']}**, learning rate **{rec['learning_rate']:g}**, "
               f"LoRA rank **{rec['lora_rank']}** (alpha {rec['lora_alpha']})",
@@ -70,13 +96,25 @@ def _histogram_pairs(lengths: list[int]) -> list[tuple[str, int]]:
     return [(f"{e[i]:g}–{e[i + 1]:g}", c) for i, c in enumerate(h["counts"])]
 
 
+def _html_locations(f: Finding) -> str:
+    """The first few records of a finding: file:line, what is wrong, and the text itself."""
+    if not f.locations:
+        return f"<br><small>{html.escape(_ids(f.ids))}</small>" if f.ids else ""
+    items = "".join(
+        f"<li><code>{html.escape(loc['where'])}</code>{html.escape(_own_id(loc))} "
+        f"{html.escape(loc.get('problem', ''))} <code>{html.escape(loc['text'])}</code></li>"
+        for loc in f.locations[:SHOWN])
+    more = f"<li>{html.escape(_more(f).replace('`', ''))}</li>" if _more(f) else ""
+    return f"<ul class='where'>{items}{more}</ul>"
+
+
 def to_html(report: AuditReport) -> str:
     """One self-contained HTML page: the Markdown content plus a length and a label chart."""
     unit = report.recommendation.get("token_unit", "tokens")
     rows = "".join(
         f"<tr class='{f.severity}'><td>{ICON[f.severity]} {f.severity}</td>"
         f"<td><code>{html.escape(f.check)}</code></td><td>{len(f.ids)}</td>"
-        f"<td>{html.escape(f.summary)}<br><small>{html.escape(_ids(f.ids))}</small></td></tr>"
+        f"<td>{html.escape(f.summary)}{_html_locations(f)}</td></tr>"
         for f in report.findings)
     rec: dict[str, Any] = report.recommendation
     charts = _bars_svg(_histogram_pairs(report.lengths), f"Length ({unit} per record)")
@@ -86,7 +124,8 @@ def to_html(report: AuditReport) -> str:
 body{{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:4px;
 vertical-align:top;text-align:left}}.error td:first-child{{color:#b00}}
-.warning td:first-child{{color:#a60}}.score{{font-size:2em;font-weight:bold}}</style></head>
+.warning td:first-child{{color:#a60}}.score{{font-size:2em;font-weight:bold}}
+ul.where{{margin:.3em 0;padding-left:1.2em;font-size:.9em}}code{{word-break:break-all}}</style></head>
 <body><h1>Data card: {html.escape(report.path.name)}</h1>
 <p class="score">{report.score}/100</p><p>{report.records} records</p>
 <h2>Findings</h2><table><tr><th></th><th>check</th><th>records</th><th>what</th></tr>{rows}

@@ -9,8 +9,9 @@ from tuneloop.data.audit.findings import Finding
 from tuneloop.data.audit.pii import strings
 
 CHECKS: dict[str, tuple[re.Pattern[str], str]] = {
-    # The reader decodes with errors="replace", so an invalid byte arrives as U+FFFD.
-    "invalid_utf8": (re.compile("\ufffd"), "invalid UTF-8 bytes (shown as U+FFFD)"),
+    # U+FFFD in the text: characters lost before the file was written. Bytes of this file that
+    # are not UTF-8 are reported with file:line by `format.encoding` (run.py drops them here).
+    "invalid_utf8": (re.compile("\ufffd"), "U+FFFD replacement characters (lost text)"),
     # UTF-8 read as Latin-1/cp1252: "Ã©" for é, "â€™" for a curly quote, "Â " for a NBSP.
     "mojibake": (re.compile("Ã[\u0080-\u00bf]|â€[\u0080-\u00bf\u2018-\u201d\u2122œ]"
                             "|Â[\u00a0-\u00bf]"), "mojibake (UTF-8 decoded as Latin-1)"),

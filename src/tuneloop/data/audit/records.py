@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ class Record:
     example: Example | None
     input: str = ""  # the user's text (the raw text column for text/label rows, not the prompt)
     output: str = ""  # the final assistant turn (the label for classification)
+    text: str = ""  # a bad row's text as written (the reader keeps it only for bad rows)
 
     @property
     def label(self) -> str | None:
@@ -38,6 +39,7 @@ class AuditSet:
     records: list[Record]
     format: str
     problems: list[tuple[Record, str]]  # (record, what is wrong) for every invalid row
+    encoding: list[tuple[Record, str]] = field(default_factory=list)  # rows not in UTF-8
 
     @property
     def valid(self) -> list[Record]:
@@ -45,9 +47,10 @@ class AuditSet:
 
 
 def record_id(raw: RawRow, mapped: dict[str, Any] | None) -> str:
-    """The record's own `id` when it has one, else its 1-based row number (header excluded)."""
+    """The record's own `id` when it has one, else the file line it starts on (header counted;
+    for Parquet the 1-based row number): the same id `load_examples` gives it."""
     rid = (mapped or {}).get("id")
-    return str(rid) if rid not in (None, "") else str(raw.row)
+    return str(rid) if rid not in (None, "") else str(raw.line)
 
 
 def read_set(path: str | Path, data: DataConfig, task: TaskConfig) -> AuditSet:
@@ -56,10 +59,13 @@ def read_set(path: str | Path, data: DataConfig, task: TaskConfig) -> AuditSet:
     fmt: str | None = None
     records: list[Record] = []
     problems: list[tuple[Record, str]] = []
+    encoding: list[tuple[Record, str]] = []
     for raw in read_rows(path):
         mapped = norm.mapped(raw.data) if raw.data is not None else None
-        rec = Record(record_id(raw, mapped), raw.row, raw.line, raw.data, None)
+        rec = Record(record_id(raw, mapped), raw.row, raw.line, raw.data, None, text=raw.text)
         records.append(rec)
+        if raw.encoding:
+            encoding.append((rec, raw.encoding))
         if raw.error:
             problems.append((rec, raw.error))
             continue
@@ -77,7 +83,10 @@ def read_set(path: str | Path, data: DataConfig, task: TaskConfig) -> AuditSet:
             rec.example = None
             problems.extend((rec, p) for p in extra)
             continue
+        if raw.encoding:  # load_examples refuses it (or skips it): not a usable record
+            rec.example = None
+            continue
         rec.output = rec.example.target
         text = (mapped or {}).get("text") if fmt == "text_label" else None
         rec.input = str(text) if text is not None else rec.example.user_text
-    return AuditSet(Path(path), records, fmt or data.format, problems)
+    return AuditSet(Path(path), records, fmt or data.format, problems, encoding)

@@ -13,9 +13,11 @@ from tuneloop.console import progress as bar
 from tuneloop.data.audit import conflicts, dedup, format_checks, hygiene, labels, leakage, pii
 from tuneloop.data.audit.findings import Finding, sort_findings
 from tuneloop.data.audit.lengths import length_findings, token_lengths
+from tuneloop.data.audit.locate import attach_locations
 from tuneloop.data.audit.neighbours import knn
-from tuneloop.data.audit.records import read_set
+from tuneloop.data.audit.records import AuditSet, read_set
 from tuneloop.data.audit.score import recommend, score
+from tuneloop.errors import TuneloopError
 from tuneloop.models.embed import embed
 
 
@@ -42,12 +44,21 @@ class AuditReport:
 
 
 def against_files(path: Path, cfg: Config, extra: list[str | Path]) -> list[Path]:
-    """--against files plus the config's validation/test files (other than the audited one)."""
-    out = [Path(p) for p in extra]
-    for p in (cfg.data.validation, cfg.data.test):
-        if p and Path(p).exists() and Path(p).resolve() != path.resolve():
-            out.append(Path(p))
-    return list(dict.fromkeys(out))
+    """--against files plus the config's validation/test files (other than the audited one),
+    each file once however it is spelled, so no leak is listed (or penalised) twice."""
+    seen = {path.resolve()}
+    for p in extra:
+        if Path(p).resolve() == path.resolve():
+            raise TuneloopError(f"--against {p}: that is the audited file itself; name a "
+                                "validation or test file to check for leakage")
+    out = []
+    named = [(p, True) for p in extra] + [(cfg.data.validation, False), (cfg.data.test, False)]
+    for p, required in named:  # a missing --against file is an error (read_set says so)
+        if not p or (not required and not Path(p).exists()) or Path(p).resolve() in seen:
+            continue
+        seen.add(Path(p).resolve())
+        out.append(Path(p))
+    return out
 
 
 def run_audit(path: str | Path, cfg: Config, against: list[str | Path] = (),
@@ -60,7 +71,8 @@ def run_audit(path: str | Path, cfg: Config, against: list[str | Path] = (),
     path = Path(path)
     aset = read_set(path, cfg.data, cfg.task)
     recs = aset.valid
-    others = [(p, read_set(p, cfg.data, cfg.task).valid) for p in against_files(path, cfg, against)]
+    other_sets = [read_set(p, cfg.data, cfg.task) for p in against_files(path, cfg, against)]
+    others = [(o.path, o.valid) for o in other_sets]
     findings = format_checks.format_findings(aset)
     classification = cfg.task.type == "classification" or (
         bool(recs) and all(r.label is not None for r in recs))
@@ -97,11 +109,15 @@ def run_audit(path: str | Path, cfg: Config, against: list[str | Path] = (),
         rows = [(r.id, {k: v for k, v in r.data.items() if k != "id"})
                 for r in aset.records if r.data is not None]
         findings += pii.pii_findings(rows)
-        findings += hygiene.hygiene_findings(rows)
+        findings += _without_decoding_errors(hygiene.hygiene_findings(rows), aset)
         pb.update(task, advance=2, description="audit: done")
     total, drivers = score(findings, len(aset.records))
     findings = sort_findings(findings)
+    attach_locations(findings, aset, {str(o.path): {r.id: r.line for r in o.records}
+                                      for o in other_sets})
     why = ", ".join(f"{d['check']} -{d['points']:g}" for d in drivers[:5]) or "no problems found"
+    if not recs:  # an empty or all-invalid file is not 94% good: nothing can be trained on
+        total, why = 0, "no usable records"
     findings.append(Finding("score", "info", [], f"score {total}/100: {why}",
                             {"drivers": drivers}))
     redundant = sum(len(g) - 1 for g in dedup.duplicate_groups(recs, opts.near_threshold,
@@ -111,3 +127,21 @@ def run_audit(path: str | Path, cfg: Config, against: list[str | Path] = (),
     counts = next((f.evidence["counts"] for f in findings if f.check == "labels.distribution"),
                   {})
     return AuditReport(path, len(aset.records), total, findings, rec, lengths, counts)
+
+
+def _without_decoding_errors(findings: list[Finding], aset: AuditSet) -> list[Finding]:
+    """Hygiene findings less the U+FFFD that came from bytes the reader could not decode: those
+    are reported once, with file:line, by `format.encoding`."""
+    bad = {r.id for r, _ in aset.encoding}
+    out = []
+    for f in findings:
+        if f.check == "hygiene.invalid_utf8" and bad:
+            ids = [i for i in f.ids if i not in bad]
+            if not ids:
+                continue
+            ex = {k: v for k, v in f.evidence.get("examples", {}).items() if k not in bad}
+            f = Finding(f.check, f.severity, ids, f"{len(ids)} records contain U+FFFD (text "
+                        "that lost its characters before it reached this file)",
+                        {**f.evidence, "examples": ex})
+        out.append(f)
+    return out
