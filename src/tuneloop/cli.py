@@ -26,6 +26,7 @@ from tuneloop.retrain import commands as retrain
 from tuneloop.select import commands as select
 from tuneloop.serve import commands as serve
 from tuneloop.train import commands as train
+from tuneloop.ui import commands as ui
 
 app = typer.Typer(
     name="tuneloop", no_args_is_help=True, rich_markup_mode="markdown", add_completion=False,
@@ -37,7 +38,7 @@ app = typer.Typer(
 # The loop's stages in order; each module's `register(app)` mounts its commands. The modules
 # import nothing heavy at the top (torch loads inside a command), so `--help` stays fast.
 for stage in (recipes, data, train, evaluate, select, registry, export, serve, monitor, retrain,
-              config_commands):
+              config_commands, ui):
     stage.register(app)
 
 
