@@ -344,14 +344,15 @@ class Registry:
                 stack.pop()
         return stack
 
-    def rollback(self) -> Version:
-        """Make the previous champion the champion again."""
+    def rollback(self, evidence: dict | None = None) -> Version:
+        """Make the previous champion the champion again; `evidence` (e.g. who and why) is kept
+        in the history entry, as a promotion's is."""
         with self._locked():
             stack = self.champion_stack()
             if len(stack) < 2:
                 raise TuneloopError(f"registry {self.root}: no previous champion to roll back to")
             state = self._state()
-            self._set(state, "champion", stack[-2], "rollback", {})
+            self._set(state, "champion", stack[-2], "rollback", evidence or {})
             self._save_state(state)
         return self.get(stack[-2])
 

@@ -13,7 +13,6 @@ database never stalls the event loop. Access rules live in ui/access.py.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import re
 import threading
@@ -342,7 +341,7 @@ def create_app(project: Project, policy: AccessPolicy | None = None) -> FastAPI:
             raise TuneloopError("no previous champion to roll back to")
         if str(f.get("confirm", "")).strip() != stack[-2]:
             raise TuneloopError(f"type {stack[-2]} (the version to roll back to) in the confirmation box")
-        v = await run_in_threadpool(rollback_with_reason, project.registry, _evidence(ui, request, reason))
+        v = await run_in_threadpool(project.registry.rollback, _evidence(ui, request, reason))
         return _done(
             ui,
             request,
@@ -512,23 +511,6 @@ def review_data(ui: UI, request: Request) -> dict[str, Any]:
         "agreement": rv.agreement(project.store),
         "recent": rv.recent(project.store, 10),
     }
-
-
-def rollback_with_reason(reg, evidence: dict):
-    """Registry.rollback, with the reason recorded in the history entry like a promotion's.
-
-    Uses the registry's own rollback when it takes evidence; otherwise the same steps through
-    the registry's lock and state functions (champion_stack, _set, _save_state)."""
-    if "evidence" in inspect.signature(reg.rollback).parameters:
-        return reg.rollback(evidence=evidence)
-    with reg._locked():
-        stack = reg.champion_stack()
-        if len(stack) < 2:
-            raise TuneloopError(f"registry {reg.root}: no previous champion to roll back to")
-        state = reg._state()
-        reg._set(state, "champion", stack[-2], "rollback", evidence)
-        reg._save_state(state)
-    return reg.get(stack[-2])
 
 
 def _reason(f: dict) -> str:
