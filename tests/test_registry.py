@@ -52,6 +52,9 @@ def test_register_copies_run_and_records_provenance(tmp_path, tiny_run):
     assert v.data_hash == data["fingerprint"]["train"]
     assert v.metrics["val_loss"] == summary["val_loss"]
     assert v.base_model == v.config["model"]["name"] and v.parent is None and v.note == "first"
+    card = (v.path / "README.md").read_text()  # the model card, with Hugging Face front matter
+    assert card.startswith("---\n")
+    assert "base_model:" in card.split("---")[1]
     v2 = reg.register(tiny_run, parent="v1", alias="challenger")
     assert v2.id == "v2" and v2.parent == "v1"
     assert reg.aliases() == {"champion": "v1", "challenger": "v2"}

@@ -1,1 +1,2 @@
-"""Export a run where people run models: merged safetensors (more formats to come)."""
+"""Export a run where people run models: merged safetensors, GGUF (+ Ollama Modelfile), parity
+checks, model cards, and the adapter check for serving engines (vLLM, LoRAX)."""

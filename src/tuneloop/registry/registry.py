@@ -36,6 +36,7 @@ import yaml
 from tuneloop.console import err
 from tuneloop.errors import TuneloopError
 from tuneloop.files import atomic_write_text, file_lock
+from tuneloop.registry.card import model_card
 from tuneloop.runs import check_run_weights, load_run_model
 
 ALIASES = ("champion", "challenger")
@@ -266,6 +267,7 @@ class Registry:
             if (run / "eval" / "eval.json").is_file():  # evaluation results travel with the version
                 shutil.copy2(run / "eval" / "eval.json", tmp / "eval.json")
             atomic_write_text(tmp / "provenance.json", json.dumps(prov, indent=2, default=str) + "\n")
+            atomic_write_text(tmp / "README.md", model_card(tmp, title=run.name))  # model card
             with self._locked():
                 state = self._state()  # read before vN appears: an error leaves no orphan
                 ids = self._ids()
