@@ -32,12 +32,17 @@ def quickstart(set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = Fa
 
     t = Table(title=f"support-intents: {res['test_examples']} held-out messages")
     t.add_column("system")
-    t.add_column("accuracy", justify="right")
+    t.add_column("accuracy [95% CI]", justify="right")
     t.add_column("macro-F1", justify="right")
     for name, m in res["systems"].items():
         label = "base model, prompted with the labels" if name == "base" else "fine-tuned (LoRA)"
-        t.add_row(label, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}")
+        lo, hi = m["accuracy_ci"]
+        t.add_row(label, f"{m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]", f"{m['macro_f1']:.3f}")
     out.print(t)
+    sec = res["seconds"]
+    out.print(f"wall time {sec['wall'] / 60:.1f} min: base model {sec['base_scoring_and_load']:.0f} s,"
+              f" training {sec['train']:.0f} s ({res['train']['steps']} steps), fine-tuned "
+              f"scoring {sec['finetuned_scoring']:.0f} s")
     out.print(f"run folder: {res['run_dir']}")
     out.print(f"next: tuneloop generate {res['run_dir']} \"my card still hasn't arrived\"")
 
