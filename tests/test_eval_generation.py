@@ -274,3 +274,12 @@ def test_without_a_source_the_prompt_is_the_grounding():
                "generation", None, n_boot=10)
     # Content terms: trial, enrolled, 41, patients, paris; unsupported: 41 and paris.
     assert sc.metrics["unsupported_rate"]["value"] == pytest.approx(2 / 5)
+
+
+def test_a_config_without_a_run_evaluates_the_baselines_only(project, tmp_path):
+    res = runner.invoke(app, ["eval", str(project), "--json", "--bootstrap", "20",
+                              "--baselines", "retrieval,rag", "--limit", "4"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    out = json.loads(res.stdout)
+    assert list(out["systems"]) == ["rag", "retrieval"] and out["comparisons"] == []
+    assert out["runs"] == [] and out["examples"] == 4
