@@ -13,6 +13,13 @@ compared string by string after cutting at the first stop token.
 What differs: tuneloop runs the token prefix that all prompts share (chat template and the
 instruction) once per batch and reuses its KV cache, asks for last-position logits only in
 the prompt pass, and stops a batch as soon as every row has finished.
+
+Measured 2026-11-30 (2-core AMD EPYC with avx512_bf16, bf16 autocast, 2 threads, quiet machine,
+defaults: 48 prompts of 304 tokens on average, 62.4 new tokens on average, batch 8):
+transformers 80.3 s, tuneloop 79.7 s, speed-up 1.01x, answers identical 48/48. On this
+workload the two are the same: the shared prefix is ~10% of each prompt and decoding
+dominates. tuneloop's batched path is what eval, select and the server share, so a served
+answer is the measured one; it is not faster than transformers' own batched generate here.
 """
 
 from __future__ import annotations
