@@ -259,12 +259,15 @@ def create_app(project: Project, policy: AccessPolicy | None = None) -> FastAPI:
             return pages.audit_result(run_audit(path, project.cfg, embeddings=emb))
 
         job = ui.jobs.start(key, audit)
-        result = job.result if job.status == "done" else None
+        # One snapshot: the job may finish between two reads, and the page must not say
+        # "done" without its card.
+        state = job.as_dict()
+        result = job.result if state["status"] == "done" else None
         return {
             "file": str(path),
             "files": project.data_files(),
             "embeddings": emb,
-            "job": job.as_dict(),
+            "job": state,
             "card": result,
             "charts": pages.data_charts(result) if result else {},
         }

@@ -331,7 +331,8 @@ def monitor_page(project: Project, job, window_note: str, store_ok: bool) -> dic
             x_labels=hl,
             thresholds=[(mcfg.quality_drop, str(mcfg.quality_drop))],
         )
-    result = job.result if job is not None and job.status == "done" else None
+    state = job.as_dict() if job is not None else None  # one snapshot (the job may finish)
+    result = job.result if state is not None and state["status"] == "done" else None
     if result and result.get("series"):
         s = result["series"]
         labels = [p["start"][5:16].replace("T", " ") for p in s]
@@ -360,7 +361,7 @@ def monitor_page(project: Project, job, window_note: str, store_ok: bool) -> dic
         "traffic": traffic,
         "history": history,
         "thresholds": mcfg.model_dump(),
-        "job": job.as_dict() if job is not None else None,
+        "job": state,
         "result": result,
         "window_note": window_note,
         "decisions": project.decisions(),
