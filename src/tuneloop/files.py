@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tuneloop.errors import TuneloopError
+
 
 @contextlib.contextmanager
 def replacing(path: Path) -> Iterator[Path]:
@@ -55,3 +57,18 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_json_object(path: Path, damaged: str) -> dict[str, Any]:
+    """A JSON object from `path`; a torn or non-object file is a TuneloopError naming the file,
+    followed by `damaged` (what that means and what to do). A missing file raises
+    FileNotFoundError, which callers word for their own case."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:
+        raise TuneloopError(f"{path}: not valid JSON ({e}); {damaged}") from None
+    if not isinstance(data, dict):
+        raise TuneloopError(f"{path}: expected a JSON object; {damaged}")
+    return data

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import tuneloop
 from tuneloop.config import Config, load_config
 from tuneloop.errors import TuneloopError
+from tuneloop.files import read_json_object
 from tuneloop.models.load import (
     chat_tokenizer,
     check_adapter,
@@ -67,14 +67,8 @@ def read_summary(run: str | Path) -> dict[str, Any]:
     p = Path(run) / "summary.json"
     if not p.exists():
         raise TuneloopError(f"{run}: the run has no summary.json (did training finish?)")
-    try:
-        summary = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise TuneloopError(f"{p}: not valid JSON ({e}); it is written once when training ends, "
-                            "so the file was damaged since; train the run again") from None
-    if not isinstance(summary, dict):
-        raise TuneloopError(f"{p}: expected a JSON object; the file was damaged since training")
-    return summary
+    return read_json_object(p, "it is written once when training ends, so the file was "
+                               "damaged since; train the run again")
 
 
 def load_run_model(run: str | Path, placement: Any = None):

@@ -11,7 +11,6 @@ the seconds those imports take.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ from typing import Any
 
 from tuneloop.console import err
 from tuneloop.errors import TuneloopError
-from tuneloop.files import file_lock
+from tuneloop.files import file_lock, read_json_object
 from tuneloop.models.catalog import CATALOG, gguf_path
 from tuneloop.models.tokens import ensure_template
 
@@ -235,15 +234,10 @@ def weight_shapes(file: Path) -> dict[str, tuple[int, ...]]:
 
 def _read_json(file: Path, what: str) -> dict:
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        return read_json_object(file, f"{what} is corrupt. Copy it again from where it came "
+                                      "from, or train the run again")
     except FileNotFoundError:
         raise TuneloopError(f"{file}: missing; {what} is incomplete") from None
-    except (OSError, ValueError) as e:
-        raise TuneloopError(f"{file}: not valid JSON ({e}); {what} is corrupt. Copy it again "
-                            "from where it came from, or train the run again") from None
-    if not isinstance(data, dict):
-        raise TuneloopError(f"{file}: expected a JSON object; {what} is corrupt")
-    return data
 
 
 def check_adapter(folder: Path, base_path: str) -> None:

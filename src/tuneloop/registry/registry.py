@@ -35,7 +35,7 @@ import yaml
 
 from tuneloop.console import err
 from tuneloop.errors import TuneloopError
-from tuneloop.files import atomic_write_text, file_lock
+from tuneloop.files import atomic_write_text, file_lock, read_json_object
 from tuneloop.registry.card import model_card
 from tuneloop.runs import check_run_weights, load_run_model
 
@@ -370,14 +370,8 @@ class Registry:
 def _read_json(path: Path) -> dict:
     if not path.exists():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise TuneloopError(f"{path}: not valid JSON ({e}); the run folder is damaged, so it is "
-                            "not registered; train the run again") from None
-    if not isinstance(data, dict):
-        raise TuneloopError(f"{path}: expected a JSON object; the run folder is damaged")
-    return data
+    return read_json_object(path, "the run folder is damaged, so it is not registered; train "
+                                  "the run again")
 
 
 def _parse_state(path: Path) -> tuple[dict[str, Any], str]:
