@@ -37,15 +37,29 @@ _DISK_FULL = ("No space left", "os error 28", "Disk quota", "file write failed",
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    """CPU copies of the trainable parameters (the adapter, or every weight for `full`)."""
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """CPU copies of the trainable parameters (the adapter, or every weight for `full`).
+
+    An FSDP2 shard (a DTensor) is gathered whole: call it on every process then.
+    """
+    return {n: _whole(p).detach().cpu().clone() for n, p in model.named_parameters()
+            if p.requires_grad}
 
 
 def load_trainable(model, weights: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in weights.items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
+            p = params[name]
+            value = value.to(p.device, p.dtype)
+            if hasattr(p, "device_mesh"):  # an FSDP2 shard: keep this process's part
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value, p.device_mesh, p.placements, src_data_rank=None)
+            p.copy_(value)
+
+
+def _whole(p: torch.Tensor) -> torch.Tensor:
+    return p.full_tensor() if hasattr(p, "full_tensor") else p
 
 
 def rng_state() -> dict[str, Any]:

@@ -30,6 +30,9 @@ def train(
         help="Continue a run folder from its latest checkpoint.")] = None,
     nproc: Annotated[int, typer.Option(
         help="Processes for data-parallel training (DDP via torch.distributed).")] = 1,
+    fsdp: Annotated[bool, typer.Option(
+        "--fsdp", help="With --nproc N: shard parameters, gradients and optimizer state across "
+        "the processes (FSDP2) instead of keeping a full copy in each (DDP).")] = False,
     skip_invalid: Annotated[bool, typer.Option(
         "--skip-invalid", help="Skip invalid records and report how many.")] = False,
     json_: JsonOpt = False, quiet: QuietOpt = False,
@@ -47,8 +50,10 @@ def train(
     if config is None:
         config = Path(resume) / "config.yaml" if resume is not None else Path(".")
     cfg = load_config(config, overrides)
+    if fsdp and nproc < 2 and "LOCAL_RANK" not in os.environ:
+        raise TuneloopError("--fsdp shards the model across processes: add --nproc 2 (or more)")
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        raise typer.Exit(_launch(nproc))
+        raise typer.Exit(_launch(nproc, fsdp))
     if dry_run:
         from tuneloop.train.estimate import dry_run as do_dry_run
 
@@ -74,8 +79,12 @@ def train(
                   f"val loss {val_text}{skipped}\nrun folder: {run}")
 
 
-def _launch(nproc: int) -> int:
-    """Re-run this `train` command as N DDP processes (torch.distributed.run; gloo on CPU)."""
+def _launch(nproc: int, fsdp: bool = False) -> int:
+    """Re-run this `train` command as N DDP processes (torch.distributed.run; gloo on CPU).
+
+    `fsdp` asks for FSDP2 in Accelerate's own words (ACCELERATE_USE_FSDP, FSDP_VERSION), which
+    the workers inherit: Accelerate acts on them on GPUs, tuneloop itself on CPU.
+    """
     args = sys.argv[sys.argv.index("train") + 1:]
     # Drop --nproc: the workers see LOCAL_RANK instead, and torchrun's own argument parser
     # would read "--nproc" as an ambiguous abbreviation of its --nproc-per-node.
@@ -89,7 +98,9 @@ def _launch(nproc: int) -> int:
             keep.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "-m", "tuneloop", "train", *keep]
-    return subprocess.call(cmd)
+    env = {"FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", **os.environ,  # each decoder layer
+           "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"} if fsdp else None
+    return subprocess.call(cmd, env=env)
 
 
 def register(app: typer.Typer) -> None:

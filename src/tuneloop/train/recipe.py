@@ -1,8 +1,9 @@
 """The training recipe, top to bottom: setup -> fit -> save -> cleanup.
 
 Built on Accelerate, so the same code runs on a laptop CPU (bf16 autocast where the CPU has
-AMX), one GPU, or `accelerate launch` / `tuneloop train --nproc N` with DDP. Each optimizer
-step is train/step.py's `train_step`, the one the cost probes measure.
+AMX), one GPU, or `accelerate launch` / `tuneloop train --nproc N` with DDP (`--fsdp`: FSDP2,
+which on CPU tuneloop applies itself, see step.fsdp_on_cpu). Each optimizer step is
+train/step.py's `train_step`, the one the cost probes measure.
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ from tuneloop.train.progress import MetricsLog, progress_bar, truncate_metrics
 from tuneloop.train.samples import sampler_for
 from tuneloop.train.step import (
     accelerator_for,
+    fsdp_on_cpu,
     optimizer_for,
+    parallelism,
     prepare_model,
+    shard,
+    sharded,
     train_step,
     validation_loss,
 )
@@ -106,6 +111,9 @@ def setup(cfg: Config, resume: Path | None) -> Recipe:
         checkpoint.require(Path(resume) / "checkpoints")
     placement = choose_placement(cfg.model.device, cfg.model.dtype)
     acc = accelerator_for(placement)
+    if resume and sharded(acc):
+        raise TuneloopError(f"--resume {resume}: resuming is not wired for sharded parameters "
+                            "(FSDP / ZeRO-3); resume without --fsdp (DDP or one process)")
     set_seed(cfg.seed)
     splits = load_splits(cfg)
     model_path = resolve_model(cfg.model.name) if acc.is_main_process else None
@@ -121,11 +129,17 @@ def setup(cfg: Config, resume: Path | None) -> Recipe:
         raise TuneloopError(f"train.packing does not work with method {cfg.method.name!r} (its "
                             "virtual tokens would span packed examples); set train.packing: false")
     params = count_parameters(model)
+    cpu_fsdp = fsdp_on_cpu(acc)
+    if cpu_fsdp:
+        model = shard(model, acc)  # before the optimizer: it must hold the shards
     optimizer = optimizer_for(model, cfg.train)
     plan = plan_for(cfg, train_items, acc.num_processes, acc.process_index)
     steps = total_steps(cfg, plan)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * steps), steps)
-    model, optimizer = acc.prepare(model, optimizer)
+    if cpu_fsdp:  # the model stays as fully_shard made it: on CPU, prepare would add DDP
+        optimizer = acc.prepare(optimizer)
+    else:
+        model, optimizer = acc.prepare(model, optimizer)
     r = Recipe(cfg, acc, placement, splits, tok, train_items, val_items,
                {"train": train_rep, "validation": val_rep}, model, loss_fn, optimizer, scheduler,
                plan, steps, params, _run_folder(cfg, resume, acc), LoopState())
@@ -151,6 +165,10 @@ def fit(r: Recipe, quiet: bool) -> Fit:
     log = MetricsLog(r.run / "metrics.jsonl", acc.is_main_process)
     bar, task = progress_bar(acc.is_main_process and not quiet, r.steps, state.step)
     t0 = time.perf_counter() - state.elapsed
+    keep_checkpoints = not sharded(acc)
+    if not keep_checkpoints and acc.is_main_process and r.steps >= cfg.train.save_every:
+        err.print("checkpoints are skipped: the parameters and optimizer state are sharded "
+                  "across processes (FSDP / ZeRO-3), and gathering them is not wired yet")
     out = Fit()
     r.model.train()
     rng_at_step = None
@@ -177,7 +195,8 @@ def fit(r: Recipe, quiet: bool) -> Fit:
                 _evaluate(r, log, out)
             if samples:
                 samples.at(r.model, state.step)
-            if acc.is_main_process and (state.step % cfg.train.save_every == 0 or out.stopped_early):
+            if acc.is_main_process and keep_checkpoints and (
+                    state.step % cfg.train.save_every == 0 or out.stopped_early):
                 _checkpoint(r)
             if out.stopped_early:
                 break
@@ -199,6 +218,9 @@ def save(r: Recipe, out: Fit) -> dict:
     unwrapped = acc.unwrap_model(r.model)
     if out.best_weights is not None:
         checkpoint.load_trainable(unwrapped, out.best_weights)
+    distributed = parallelism(acc, r.model)
+    # FSDP2 shards are gathered whole on every process (a collective), then saved by one.
+    whole = {"state_dict": checkpoint.trainable_state(unwrapped)} if distributed == "fsdp2" else {}
     trainable, total_params = r.params
     reports = r.reports
     summary = {
@@ -218,10 +240,11 @@ def save(r: Recipe, out: Fit) -> dict:
         "skipped": len(r.splits.skipped),
         "truncated": {k: rep.truncated for k, rep in reports.items()},
         "device": r.placement.device, "precision": r.placement.precision,
-        "processes": acc.num_processes, "seed": cfg.seed}
+        "processes": acc.num_processes, "distributed": distributed,
+        "seed": cfg.seed}
     if acc.is_main_process:
         target = r.run / ("model" if cfg.method.name == "full" else "adapter")
-        unwrapped.save_pretrained(target, safe_serialization=True)
+        unwrapped.save_pretrained(target, safe_serialization=True, **whole)
         write_json(r.run / "summary.json", summary)
     acc.wait_for_everyone()
     return summary
@@ -299,6 +322,10 @@ def _save_interrupted(r: Recipe, rng_at_step: dict | None) -> None:
     the last periodic one stays the latest.
     """
     if not r.acc.is_main_process:
+        return
+    if sharded(r.acc):
+        err.print(f"Interrupted at step {r.state.step}; no checkpoint: the parameters are sharded "
+                  "across processes (FSDP / ZeRO-3), and gathering them is not wired yet")
         return
     if r.scheduler.last_epoch > r.state.step:
         err.print(f"Interrupted after step {r.state.step + 1} was applied but not recorded; "

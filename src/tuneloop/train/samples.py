@@ -75,7 +75,9 @@ def sampler_for(cfg: Config, acc, run: Path, splits: Splits, tok, step: int) -> 
     """The run's Sampler, or None: no `train.sample_every`, not the main process, or sharded."""
     if not cfg.train.sample_every or not acc.is_main_process:
         return None
-    if _sharded(acc):
+    from tuneloop.train.step import sharded  # here: the report and the UI import this module
+
+    if sharded(acc):
         err.print("train.sample_every is skipped: the parameters are sharded across processes "
                   "(FSDP / ZeRO-3), and only the main process samples")
         return None
@@ -99,11 +101,3 @@ def _keep_until(path: Path, step: int) -> set[int]:
         path.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
     return {r["step"] for r in keep}
 
-
-def _sharded(acc) -> bool:
-    """FSDP or ZeRO-3: a forward on one process alone would wait forever for the others."""
-    kind = acc.distributed_type.name
-    if kind == "FSDP":
-        return True
-    plugin = getattr(acc.state, "deepspeed_plugin", None)
-    return kind == "DEEPSPEED" and getattr(plugin, "zero_stage", 0) == 3

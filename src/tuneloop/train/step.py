@@ -8,6 +8,8 @@ runs: the same kernels, the same autocast, the same loss weighting, clipping and
 
 from __future__ import annotations
 
+import functools
+import os
 from contextlib import nullcontext
 
 import torch
@@ -15,6 +17,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from tuneloop.config import MethodConfig, TrainConfig
+from tuneloop.errors import TuneloopError
 from tuneloop.models.load import Placement
 from tuneloop.models.tokens import IGNORE, Encoded
 from tuneloop.train.batches import eval_batches
@@ -30,6 +33,68 @@ def accelerator_for(placement: Placement):
     # (PartialState) is kept, so DDP is unaffected.
     AcceleratorState._reset_state()
     return Accelerator(cpu=placement.device == "cpu", mixed_precision=placement.mixed_precision)
+
+
+def fsdp_on_cpu(acc) -> bool:
+    """FSDP asked for (Accelerate's `ACCELERATE_USE_FSDP=true`, set by `--fsdp`) on CPU processes.
+
+    Accelerate (1.15) has no FSDP on CPU: it reads that setting only for accelerators and runs
+    the launch as plain DDP, and `accelerate launch` refuses `--use_fsdp` with `--cpu`. torch's
+    FSDP2 (`fully_shard`) runs on CPU over gloo, so there tuneloop shards the model itself.
+    """
+    return (acc.distributed_type.name == "MULTI_CPU"
+            and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true")
+
+
+def shard(model, acc):
+    """FSDP2 over the CPU processes: each decoder layer, then the whole model, is sharded.
+
+    What Accelerate's FSDP2 with TRANSFORMER_BASED_WRAP does on a GPU. Call it before the
+    optimizer is built (it must hold the sharded parameters), and keep the model out of
+    `acc.prepare`, which on CPU would wrap it in DDP; the forward runs under the Accelerator's
+    autocast, as the prepared model's would.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if os.environ.get("FSDP_VERSION", "2") != "2":
+        raise TuneloopError("FSDP on CPU is FSDP2 (torch's fully_shard) only; set FSDP_VERSION=2")
+    mesh = init_device_mesh("cpu", (acc.num_processes,))
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    wrap = set(getattr(base, "_no_split_modules", None) or ())
+    for layer in [m for m in model.modules() if type(m).__name__ in wrap]:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def autocast_forward(*args, **kwargs):
+        with acc.autocast():
+            return forward(*args, **kwargs)
+
+    model.forward = autocast_forward
+    return model
+
+
+def sharded(acc) -> bool:
+    """FSDP (Accelerate's or `fsdp_on_cpu`) or ZeRO-3: parameters are split across processes,
+    so a forward or a weight copy on one process alone would wait forever for the others."""
+    kind = acc.distributed_type.name
+    if kind == "FSDP" or fsdp_on_cpu(acc):
+        return True
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    return kind == "DEEPSPEED" and getattr(plugin, "zero_stage", 0) == 3
+
+
+def parallelism(acc, model) -> str:
+    """How the processes split the work, read off the run: fsdp2 (the parameters are DTensor
+    shards), fsdp, deepspeed, ddp, or none (one process)."""
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        return "fsdp2"
+    kind = acc.distributed_type.name
+    return {"NO": "none", "FSDP": "fsdp", "DEEPSPEED": "deepspeed"}.get(kind, "ddp")
 
 
 def prepare_model(base, method: MethodConfig, placement: Placement, train: TrainConfig,
