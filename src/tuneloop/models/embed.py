@@ -7,7 +7,7 @@ from functools import cache
 import numpy as np
 
 from tuneloop.models.catalog import embedder_path
-from tuneloop.models.load import cpu_has_bf16
+from tuneloop.models.cpu import cpu_has_bf16
 
 DIM = 384  # all-MiniLM-L6-v2 output size; lets callers shape empty results without loading
 

@@ -16,7 +16,6 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from tuneloop.console import err
 from tuneloop.errors import TuneloopError
 from tuneloop.files import file_lock, read_json_object
 from tuneloop.models.catalog import CATALOG, gguf_path
+from tuneloop.models.cpu import cpu_has_bf16
 from tuneloop.models.tokens import ensure_template
 
 
@@ -129,16 +129,6 @@ def _convert_gguf(name: str, target: Path, home: Path) -> None:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-@cache
-def cpu_has_bf16() -> bool:
-    """AMX or avx512_bf16: bf16 matmuls run several times faster than fp32 there."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
 
 
 @dataclass(frozen=True)
