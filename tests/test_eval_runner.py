@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -14,6 +15,7 @@ from tuneloop.evaluate.runner import (
     target_nll,
 )
 from tuneloop.models.generate import generate
+from tuneloop.models.tokens import end_of_turn_id
 from tuneloop.records import Example, Message
 
 
@@ -34,10 +36,31 @@ def _prompts(n: int) -> list[list[Message]]:
 def test_shared_prefix_scoring_equals_full_sequences(tiny):
     model, tok = tiny
     labels = ["card_arrival", "exchange_rate", "yes", "no maybe"]
-    fast = score_choices(model, tok, _prompts(9), labels, batch_size=4)
+    fast = score_choices(model, tok, _prompts(9), labels, batch_size=4, exact=True)
     slow = score_choices_naive(model, tok, _prompts(9), labels, batch_size=5)
     assert fast.shape == (9, 4)
     assert torch.allclose(fast, slow, atol=1e-4)
+
+
+def test_pruned_scoring_keeps_the_argmax_and_bounds_the_rest(tiny):
+    """Branch and bound: the winner's score is exact, a pruned label keeps an upper bound."""
+    model, tok = tiny
+    # A random model is unsure of every token, so no label could be pruned. A bias on the
+    # tokens of "yes" and end-of-turn makes it sure of that answer, as a fine-tuned model is.
+    model = copy.deepcopy(model)
+    bias = torch.zeros(model.config.vocab_size)
+    bias[tok("yes", add_special_tokens=False)["input_ids"] + [end_of_turn_id(tok)]] = 15.0
+    model.lm_head.register_forward_hook(lambda _m, _i, out: out + bias)
+    # Labels of 1 to 4 tokens, two sharing a first token.
+    labels = ["card_arrival", "card", "exchange_rate", "yes", "no maybe", "top_up_failed"]
+    exact = score_choices(model, tok, _prompts(11), labels, batch_size=3, exact=True)
+    pruned = score_choices(model, tok, _prompts(11), labels, batch_size=3)
+    assert torch.equal(pruned.argmax(1), exact.argmax(1))
+    rows = torch.arange(11)
+    win = exact.argmax(1)
+    assert torch.allclose(pruned[rows, win], exact[rows, win], atol=1e-4)
+    assert bool((pruned >= exact - 1e-4).all())  # bounds never understate a score
+    assert bool((pruned - exact > 1e-3).any())  # something was really pruned
 
 
 def test_batched_generation_matches_one_at_a_time(tiny):
@@ -78,7 +101,7 @@ def test_real_model_shared_prefix_scoring_and_batched_generation():
     prompts = [[Message("user", f"Is {x} a fruit? Answer yes or no.")]
                for x in ("an apple", "a chair made of oak wood", "banana")]
     labels = ["yes", "no", "maybe"]
-    fast = score_choices(model, tok, prompts, labels, batch_size=2)
+    fast = score_choices(model, tok, prompts, labels, batch_size=2, exact=True)
     slow = score_choices_naive(model, tok, prompts, labels, batch_size=4)
     assert torch.allclose(fast, slow, atol=1e-3)
     batched = generate(model, tok, prompts, max_new_tokens=5, batch_size=3)

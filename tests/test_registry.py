@@ -116,8 +116,9 @@ def test_load_gives_the_runs_model(tmp_path, tiny_run):
     model, tok = reg.load("champion")
     ref, _, _ = load_run_model(tiny_run)
     x = torch.tensor([tok("hello world", add_special_tokens=False)["input_ids"]])
-    with torch.no_grad():
-        assert torch.allclose(model(x).logits, ref(x).logits)
+    with torch.no_grad():  # merged into the weights: the same function to float rounding
+        assert torch.allclose(model(x).logits, ref(x).logits, atol=1e-5)
+    assert not hasattr(model, "peft_config")  # merged: plain layers, one matmul each
 
 
 PROMOTER = """

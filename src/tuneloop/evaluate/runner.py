@@ -10,6 +10,7 @@ lives in models/generate.py.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -30,47 +31,115 @@ from tuneloop.records import Example, Message
 
 @torch.no_grad()
 def score_choices(model, tok, prompts: Sequence[list[Message]], choices: Sequence[str],
-                  batch_size: int = 16, quiet: bool = True) -> torch.Tensor:
-    """Log-likelihood of each choice for each prompt: a (len(prompts), len(choices)) tensor."""
+                  batch_size: int = 16, quiet: bool = True, exact: bool = False) -> torch.Tensor:
+    """Log-likelihood of each choice for each prompt: a (len(prompts), len(choices)) tensor.
+
+    The argmax of every row is exact. With exact=False, a choice that cannot win keeps an upper
+    bound of its score (see score_encoded); exact=True scores every choice in full.
+    """
     eot = end_of_turn_id(tok)
     choice_ids = [tok(c, add_special_tokens=False)["input_ids"] + [eot] for c in choices]
     encoded = [encode_prompt(tok, m) for m in prompts]
-    return score_encoded(model, encoded, choice_ids, tok.pad_token_id, batch_size, quiet)
+    return score_encoded(model, encoded, choice_ids, tok.pad_token_id, batch_size, quiet, exact)
 
 
 def score_encoded(model, prompts: list[list[int]], choice_ids: list[list[int]], pad: int,
-                  batch_size: int = 16, quiet: bool = True) -> torch.Tensor:
-    """score_choices on token ids: one prompt pass per batch, its KV cache reused per choice."""
-    cont, cmask = pad_batch(choice_ids, pad)
-    n_c, width_c = cont.shape
+                  batch_size: int = 16, quiet: bool = True, exact: bool = False) -> torch.Tensor:
+    """score_choices on token ids: one prompt pass per batch, its KV cache reused per choice.
+
+    The prompt pass scores every choice's first token. Log-probabilities only fall as tokens
+    are added, so a first-token score is an upper bound of the choice's whole score. Unless
+    `exact`, the choice with the best first token is scored in full first, and then only the
+    choices whose bound beats that complete score: the others cannot be the argmax and keep
+    their bound. A fine-tuned model is sure of its first token, so this usually means one
+    choice per prompt instead of all of them (branch and bound; the argmax is the same).
+    Continuations run sorted by length, so little of them is padding.
+    """
+    n_c = len(choice_ids)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     shared = common_prefix_len(prompts)
     out = torch.full((len(prompts), n_c), float("-inf"))
     dev = model_device(model)
-    # Continuation rows are prompts x choices; keep that product near the batch size.
-    per_batch = max(1, batch_size * 4 // n_c) if n_c > 4 else batch_size
+    first = torch.tensor([c[0] for c in choice_ids], device=dev)
+    per_batch = batch_size if not exact else max(1, batch_size * 4 // n_c)
     with progress(quiet) as bar:
         task = bar.add_task("score", total=len(prompts))
         for s in range(0, len(order), per_batch):
             idx = order[s:s + per_batch]
             logits, cache, attn, start = prefill(model, [prompts[i] for i in idx], shared,
                                                  pad, dev)
-            first_logp = torch.log_softmax(logits, -1)  # (b, V)
-            b = len(idx)
-            tgt = cont.to(dev).repeat(b, 1)  # row r: prompt r // n_c, choice r % n_c
-            tmask = cmask.to(dev).repeat(b, 1)
-            total = first_logp.repeat_interleave(n_c, 0).gather(1, tgt[:, :1])[:, 0]
-            if width_c > 1:
-                cache.batch_repeat_interleave(n_c)
-                full_attn = torch.cat([attn.repeat_interleave(n_c, 0), tmask], dim=1)
-                pos = start.repeat_interleave(n_c, 0) + torch.arange(width_c - 1, device=dev)[None]
-                logits = model(input_ids=tgt[:, :-1], attention_mask=full_attn[:, :-1],
-                               position_ids=pos, **{cache_kwarg(model): cache}).logits.float()
-                lp = torch.log_softmax(logits, -1).gather(2, tgt[:, 1:, None])[..., 0]
-                total = total + (lp * tmask[:, 1:]).sum(1)
-            out[idx] = total.view(b, n_c).cpu()
-            bar.advance(task, b)
+            total = torch.log_softmax(logits, -1)[:, first].cpu()  # (b, n_c): first tokens
+            if exact:
+                every = torch.ones_like(total, dtype=torch.bool)
+                _score_pairs(model, cache, attn, start, every, total, choice_ids, batch_size)
+            else:
+                _branch_and_bound(model, cache, attn, start, total, choice_ids, batch_size)
+            out[idx] = total
+            bar.advance(task, len(idx))
     return out
+
+
+def _branch_and_bound(model, cache, attn, start, total: torch.Tensor,
+                      choice_ids: list[list[int]], batch_size: int) -> None:
+    """Score in full, best bound first, every choice that could still beat the best complete
+    score of its prompt; `total` (first-token scores on entry) is updated in place.
+
+    Rounds take 1, 2, 4, ... choices per prompt: a sure model stops after the first, an unsure
+    one needs few rounds.
+    """
+    done = torch.zeros_like(total, dtype=torch.bool)  # scored in full
+    k = 1
+    while True:
+        best = torch.where(done, total, float("-inf")).max(1).values
+        open_ = ~done & (total > best[:, None])  # bound above the best: could still win
+        if not open_.any():
+            return
+        bound = torch.where(open_, total, float("-inf"))
+        top = bound.topk(min(k, bound.shape[1]), dim=1).indices
+        pick = torch.zeros_like(open_)
+        pick.scatter_(1, top, True)
+        _score_pairs(model, cache, attn, start, pick & open_, total, choice_ids, batch_size)
+        done |= pick & open_
+        k *= 2
+
+
+def _score_pairs(model, cache, attn, start, pick: torch.Tensor, total: torch.Tensor,
+                 choice_ids: list[list[int]], batch_size: int) -> None:
+    """Add the rest of each picked (prompt, choice)'s log-likelihood to its first-token score."""
+    pairs = [tuple(p) for p in pick.nonzero().tolist()]
+    if pairs:
+        r, c = torch.tensor(pairs).T
+        total[r, c] += _pairs_logp(model, cache, attn, start, pairs, choice_ids, 4 * batch_size)
+
+
+def _pairs_logp(model, cache, attn: torch.Tensor, start: torch.Tensor,
+                pairs: list[tuple[int, int]], choice_ids: list[list[int]],
+                max_rows: int) -> torch.Tensor:
+    """For each (prompt row, choice): summed log p of the choice's tokens after its first.
+
+    Pairs run sorted by length in chunks of `max_rows`, right-padded to the chunk's longest:
+    a pad comes after every real token of its row, so causal attention keeps it out of their
+    scores, and its own score is masked. The prompts' cache is left as it is: each forward
+    works on a copy holding its rows.
+    """
+    res = torch.zeros(len(pairs))
+    todo = sorted((k for k, (_, c) in enumerate(pairs) if len(choice_ids[c]) > 1),
+                  key=lambda k: len(choice_ids[pairs[k][1]]))
+    dev = attn.device
+    for s in range(0, len(todo), max_rows):
+        ks = todo[s:s + max_rows]
+        prompt_rows = torch.tensor([pairs[k][0] for k in ks], device=dev)
+        tgt, mask = pad_batch([choice_ids[pairs[k][1]] for k in ks], 0)
+        tgt, mask, width = tgt.to(dev), mask.to(dev), tgt.shape[1]
+        own = copy.deepcopy(cache)
+        own.batch_select_indices(prompt_rows)
+        full_attn = torch.cat([attn[prompt_rows], mask[:, :-1]], dim=1)
+        pos = start[prompt_rows] + torch.arange(width - 1, device=dev)[None]
+        logits = model(input_ids=tgt[:, :-1], attention_mask=full_attn, position_ids=pos,
+                       **{cache_kwarg(model): own}).logits.float()
+        lp = torch.log_softmax(logits, -1).gather(2, tgt[:, 1:, None])[..., 0]
+        res[ks] = (lp * mask[:, 1:]).sum(1).cpu()
+    return res
 
 
 @torch.no_grad()

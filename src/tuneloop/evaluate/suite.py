@@ -118,7 +118,7 @@ def run_eval(target: str | Path, baselines: str | None = None, seeds: int | None
     runs = _seed_runs(cfg, run, seeds, quiet)
     seed_scores: list[Scored] = []
     for i, r in enumerate(runs):
-        model, tok, _ = load_run_model(r, placement)
+        model, tok, _ = load_run_model(r, placement, merge=True)
         o = run_llm("finetuned", model, tok, cfg, examples,
                     [e.prompt_messages for e in examples], validation, free_generation, quiet)
         if i == 0:

@@ -64,7 +64,7 @@ def run_quickstart(overrides: list[str] | None = None, quiet: bool = False) -> d
     t_base = time.perf_counter()
     run, summary = train(cfg, quiet=quiet)
     t_train = time.perf_counter()
-    model, tok, _ = load_run_model(run, placement)
+    model, tok, _ = load_run_model(run, placement, merge=True)
     systems["finetuned"] = evaluate_classifier(model, tok, cfg, test,
                                                [ex.prompt_messages for ex in test], quiet)
     t_end = time.perf_counter()

@@ -360,10 +360,11 @@ class Registry:
 
     # ---- loading -------------------------------------------------------------------------
     def load(self, ref: str, placement: Any = None):
-        """(model, tokenizer) of a version: its base with the adapter, or its full weights."""
+        """(model, tokenizer) of a version for inference: its base with the adapter merged in, or
+        its full weights."""
         v = self.get(ref)
         check_safetensors(v.weights_dir)
-        model, tok, _cfg = load_run_model(v.path, placement)
+        model, tok, _cfg = load_run_model(v.path, placement, merge=True)
         return model, tok
 
 
