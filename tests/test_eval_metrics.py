@@ -130,3 +130,29 @@ def test_faithfulness_flags_invented_numbers_and_names():
     assert r == pytest.approx(2 / 7)
     assert "450" in unsupported_terms("in 450 patients", src)
     assert unsupported_rate("it is the", src) is None
+
+
+def test_few_shot_states_the_instruction_once(monkeypatch):
+    """The label list comes in the first turn only; shots and query are the bare texts."""
+    from tuneloop.config import TaskConfig
+    from tuneloop.evaluate import baselines
+    from tuneloop.records import Example, Message
+
+    task = TaskConfig(type="classification", labels=["refund", "pin_blocked"],
+                      system_prompt="Classify.", prompt_template="{text}",
+                      baseline_template="Pick one of: {labels}.\n\nMessage: {text}")
+
+    def row(i, text, label):
+        return Example(f"r{i}", [Message("system", "Classify."), Message("user", text),
+                                 Message("assistant", label)], label=label, meta={"text": text})
+
+    train = [row(0, "money back please", "refund"), row(1, "my pin is locked", "pin_blocked")]
+    query = row(2, "pin does not work", "pin_blocked")
+    monkeypatch.setattr(baselines, "retrieve", lambda q, pool, k: [[0, 1][:k]])
+    (prompt,) = baselines.few_shot_prompts([query], train, 2, task)
+    assert [m.role for m in prompt] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert prompt[1].content == "Pick one of: refund, pin_blocked.\n\nMessage: money back please"
+    assert [m.content for m in prompt[2:]] == ["refund", "my pin is locked", "pin_blocked",
+                                                 "pin does not work"]
+    (alone,) = baselines.few_shot_prompts([query], [], 0, task)  # no shots: zero-shot's prompt
+    assert alone == baselines.prompted(query, task)

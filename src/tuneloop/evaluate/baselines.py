@@ -3,7 +3,8 @@
 - zero_shot: the base model on the task's instruction prompt (for text/label rows the
   baseline template with the label list, `TaskConfig.baseline_prompt`).
 - few_shot: the base model with k training examples, retrieved by MiniLM similarity to each
-  query, as earlier user/assistant turns (prompt engineering at its cheapest).
+  query, as earlier user/assistant turns after the instruction (prompt engineering at its
+  cheapest).
 - retrieval: the answer of the most similar training example (MiniLM cosine), copied; no LLM
   at all, the cheapest system there is.
 - embedding_classifier: MiniLM sentence embeddings + logistic regression (no LLM at all).
@@ -68,20 +69,35 @@ def retrieve(queries: Sequence[str], pool: Sequence[str], k: int) -> list[list[i
 
 def few_shot_prompts(examples: Sequence[Example], train: Sequence[Example], k: int,
                      task: TaskConfig) -> list[list[Message]]:
-    """Each example's prompt preceded by its k retrieved training examples as solved turns."""
+    """Each example's prompt preceded by its k retrieved training examples as solved turns.
+
+    The instruction (with the label list, for text/label rows) comes once, in the first turn;
+    later shots and the query are the bare texts the shots taught the model to answer. Before,
+    every shot repeated the label list: with 77 labels, five copies of ~460 tokens per prompt.
+    Now the instruction is a prefix the prompts share, run once per batch (models.generate).
+    """
     picks = retrieve([raw_input(e, task) for e in examples],
                      [raw_input(t, task) for t in train], k)
     prompts = []
     for ex, idx in zip(examples, picks, strict=True):
         msgs = prompted(ex, task)
         system = [m for m in msgs[:1] if m.role == "system"]
-        shots: list[Message] = []
+        turns: list[Message] = []
         for i in idx:
             shot = train[i]
-            shots += [m for m in prompted(shot, task) if m.role != "system"]
-            shots.append(Message("assistant", shot.target))
-        prompts.append(system + shots + msgs[len(system):])
+            turns += _user_turn(shot, task, first=not turns)
+            turns.append(Message("assistant", shot.target))
+        prompts.append(system + turns + _user_turn(ex, task, first=not turns))
     return prompts
+
+
+def _user_turn(ex: Example, task: TaskConfig, first: bool) -> list[Message]:
+    """The example's user turn: with the instruction when first, else its bare text (for
+    text/label rows; other records keep their own prompt)."""
+    msgs = [m for m in prompted(ex, task) if m.role != "system"]
+    if first or "text" not in ex.meta or task.type != "classification":
+        return msgs
+    return [Message("user", str(ex.meta["text"]))]
 
 
 def nearest_answers(examples: Sequence[Example], train: Sequence[Example],
