@@ -1,16 +1,28 @@
-"""Batched evaluation vs one-at-a-time `generate` on the bundled model; prints measured figures.
+"""Classification eval speed: tuneloop's label scoring vs the two things a competent user of
+transformers would write instead, on the same prompts; prints measured figures.
 
-    .venv/bin/python benchmarks/eval_speed.py [--n 32] [--new-tokens 12] [--batch 16]
+    .venv/bin/python benchmarks/eval_speed.py [--n 200] [--batch 16] [--run RUN]
 
-Uses the support-intents test slice (real banking77 messages). Three timings on the same
-prompts: (1) HF `generate` one prompt at a time, (2) tuneloop's batched generation (left
-padding, KV cache, length-sorted batches), both greedy, with the outputs compared string by
-string; (3) label scoring with every prompt+label as its own sequence vs tuneloop's shared
-prompt pass whose KV cache all label continuations reuse, with the max score difference.
+Prompts: the support-intents test messages (real banking77 texts, 10 intents) with the
+zero-shot instruction and label list (the base model), or with --run a fine-tuned run's own
+short prompts (the adapter merged, as eval loads it). Everything runs in fp32, the precision
+eval uses, with a warm-up batch per method that is not timed. Four ways to classify:
 
-Measured (2-core CPU without AMX, fp32, 2 threads, --n 32 --new-tokens 16 --batch 16):
-one-at-a-time generate 46.5 s, batched 8.4 s (5.55x), outputs 32/32 identical; label scoring
-121.7 s naive vs 17.9 s shared-prefix (6.8x), max |diff| 3.5e-05, same argmax 32/32.
+1. hf_generate: transformers' batched `generate` (left padding, greedy, length-sorted
+   batches, stop at end of turn) for as many tokens as the longest label needs, then the
+   answer parsed into a label: classification by free generation, the peer's way.
+2. last_position: one batched prompt pass with `logits_to_keep=1`, each label scored by its
+   first token only: the cheapest scorer there is. It is not the label's likelihood (labels
+   that share a first token tie), so its answers are compared, not assumed.
+3. tuneloop_exact: every label's full log-likelihood (label + end of turn) from the shared
+   prompt cache (`score_choices(exact=True)`).
+4. tuneloop: the default, branch and bound: the same argmax as 3, scoring in full only the
+   labels whose first-token score could still beat the best complete one.
+
+Checked: 4 and 3 give the same label on every prompt (the script exits 1 if not), and 3 the
+same scores as every prompt+label run as its own sequence on the first 16 prompts. Agreement
+with 3 and accuracy on the gold labels are printed for every method. Last line:
+`speedup_vs_hf_generate= speedup_vs_exact= last_position_agreement= cpu_kind=`.
 """
 
 from __future__ import annotations
@@ -26,72 +38,116 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def timed(fn, warm):
+    warm()
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=32)
-    ap.add_argument("--new-tokens", type=int, default=12)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--run", type=Path, help="A fine-tuned run of examples/support-intents.")
     args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
 
     from tuneloop.config import load_config
     from tuneloop.data.load import load_splits
+    from tuneloop.evaluate.baselines import prompted
+    from tuneloop.evaluate.metrics import parse_label
     from tuneloop.evaluate.runner import score_choices, score_choices_naive
-    from tuneloop.models.generate import generate
-    from tuneloop.models.load import choose_placement, load_model, load_tokenizer, resolve_model
-    from tuneloop.models.tokens import encode_prompt, end_of_turn_id, ensure_template
+    from tuneloop.evaluate.systems import label_gen_tokens
+    from tuneloop.models.cpu import cpu_kind, isa_capped
+    from tuneloop.models.generate import pad_batch
+    from tuneloop.models.load import Placement, chat_tokenizer, load_model, resolve_model
+    from tuneloop.models.tokens import encode_prompt, end_of_turn_id
+    from tuneloop.runs import load_run_model
 
     cfg = load_config(ROOT / "examples" / "support-intents")
     examples = load_splits(cfg).test[: args.n]
-    prompts = [e.prompt_messages for e in examples]
-    placement = choose_placement(cfg.model.device, cfg.model.dtype)
-    path = resolve_model(cfg.model.name)
-    tok = load_tokenizer(path)
-    ensure_template(tok)
-    model = load_model(path, placement).eval()
+    labels = list(cfg.task.labels)
+    gold = [e.label for e in examples]
+    fp32 = Placement("cpu", "fp32")
+    if args.run:
+        model, tok, _ = load_run_model(args.run, fp32, merge=True)
+        prompts = [e.prompt_messages for e in examples]
+    else:
+        tok = chat_tokenizer(resolve_model(cfg.model.name))
+        model = load_model(resolve_model(cfg.model.name), fp32).eval()
+        prompts = [prompted(e, cfg.task) for e in examples]
+    encoded = [encode_prompt(tok, p) for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     stop = sorted({end_of_turn_id(tok), tok.eos_token_id} - {None})
+    first_ids = [tok(lab, add_special_tokens=False)["input_ids"][0] for lab in labels]
+    new_tokens = label_gen_tokens(tok, labels)
 
-    t0 = time.perf_counter()
-    single = []
-    with torch.no_grad():
-        for p in prompts:
-            ids = torch.tensor([encode_prompt(tok, p)])
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                 max_new_tokens=args.new_tokens, do_sample=False,
-                                 eos_token_id=stop, pad_token_id=tok.pad_token_id)
-            new = out[0, ids.shape[1]:].tolist()
-            cut = next((k for k, t in enumerate(new) if t in stop), len(new))
-            single.append(tok.decode(new[:cut], skip_special_tokens=True).strip())
-    t_single = time.perf_counter() - t0
-    print(f"one at a time: {t_single:.1f}s", file=sys.stderr, flush=True)
+    @torch.no_grad()
+    def hf_generate(idx=order):
+        out = [""] * len(encoded)
+        for s in range(0, len(idx), args.batch):
+            rows = idx[s:s + args.batch]
+            ids, attn = pad_batch([encoded[i] for i in rows], tok.pad_token_id, "left")
+            gen = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=new_tokens,
+                                 do_sample=False, eos_token_id=stop,
+                                 pad_token_id=tok.pad_token_id)
+            for r, i in enumerate(rows):
+                new = gen[r, ids.shape[1]:].tolist()
+                cut = next((k for k, t in enumerate(new) if t in stop), len(new))
+                out[i] = tok.decode(new[:cut], skip_special_tokens=True).strip()
+        return [parse_label(t, labels) for t in out]
 
-    t0 = time.perf_counter()
-    batched = generate(model, tok, prompts, args.new_tokens, args.batch)
-    t_batched = time.perf_counter() - t0
-    print(f"batched: {t_batched:.1f}s", file=sys.stderr, flush=True)
-    same = sum(a == b for a, b in zip(single, batched, strict=True))
+    @torch.no_grad()
+    def last_position(idx=order):
+        pred = [None] * len(encoded)
+        for s in range(0, len(idx), args.batch):
+            rows = idx[s:s + args.batch]
+            ids, attn = pad_batch([encoded[i] for i in rows], tok.pad_token_id, "left")
+            pos = (attn.cumsum(1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
+                           logits_to_keep=1).logits[:, -1]
+            best = logits[:, first_ids].argmax(1).tolist()
+            for r, i in enumerate(rows):
+                pred[i] = labels[best[r]]
+        return pred
 
-    labels = cfg.task.labels
-    t0 = time.perf_counter()
-    naive = score_choices_naive(model, tok, prompts, labels, args.batch)
-    t_naive = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    shared = score_choices(model, tok, prompts, labels, args.batch)
-    t_shared = time.perf_counter() - t0
-    agree = int((naive.argmax(1) == shared.argmax(1)).sum())
+    def scorer(exact):
+        return lambda ps=prompts: [labels[i] for i in score_choices(
+            model, tok, ps, labels, args.batch, exact=exact).argmax(1).tolist()]
 
-    res = {"model": cfg.model.name, "device": placement.device,
-           "precision": placement.precision, "threads": torch.get_num_threads(),
-           "prompts": len(prompts), "max_new_tokens": args.new_tokens, "batch": args.batch,
-           "generate_one_at_a_time_s": round(t_single, 2),
-           "generate_batched_s": round(t_batched, 2),
-           "generate_speedup": round(t_single / t_batched, 2),
-           "generate_same_outputs": f"{same}/{len(prompts)}",
-           "score_naive_s": round(t_naive, 2), "score_shared_prefix_s": round(t_shared, 2),
-           "score_speedup": round(t_naive / t_shared, 2),
-           "score_max_abs_diff": round(float((naive - shared).abs().max()), 6),
-           "score_same_argmax": f"{agree}/{len(prompts)}",
-           "classify_by_scoring_vs_single_generate_speedup": round(t_single / t_shared, 2)}
+    warm = prompts[: args.batch]
+    results = {}
+    for name, fn, w in (
+            ("hf_generate", hf_generate, lambda: hf_generate(order[: args.batch])),
+            ("last_position", last_position, lambda: last_position(order[: args.batch])),
+            ("tuneloop_exact", scorer(True), lambda: scorer(True)(warm)),
+            ("tuneloop", scorer(False), lambda: scorer(False)(warm))):
+        pred, secs = timed(fn, w)
+        results[name] = {"seconds": round(secs, 2), "pred": pred}
+        print(f"{name:15s} {secs:7.1f} s", file=sys.stderr, flush=True)
+
+    ref = results["tuneloop_exact"]["pred"]
+    for r in results.values():
+        pred = r.pop("pred")
+        r["agreement_with_exact"] = round(sum(a == b for a, b in zip(pred, ref, strict=True))
+                                          / len(ref), 3)
+        r["accuracy"] = round(sum(a == g for a, g in zip(pred, gold, strict=True)) / len(gold), 3)
+    check = prompts[:16]
+    naive = score_choices_naive(model, tok, check, labels, args.batch)
+    exact = score_choices(model, tok, check, labels, args.batch, exact=True)
+    t = {k: v["seconds"] for k, v in results.items()}
+    res = {"model": str(args.run or cfg.model.name), "prompts": len(prompts),
+           "labels": len(labels), "precision": "fp32", "threads": torch.get_num_threads(),
+           "cpu_kind": cpu_kind(), "isa_capped": isa_capped(), "methods": results,
+           "exact_vs_full_sequences_max_abs_diff": round(float((naive - exact).abs().max()), 6)}
     print(json.dumps(res, indent=2))
+    print(f"speedup_vs_hf_generate={t['hf_generate'] / t['tuneloop']:.2f} "
+          f"speedup_vs_exact={t['tuneloop_exact'] / t['tuneloop']:.2f} "
+          f"last_position_agreement={results['last_position']['agreement_with_exact']} "
+          f"cpu_kind={cpu_kind()}")
+    if results["tuneloop"]["agreement_with_exact"] != 1.0:
+        sys.exit("branch and bound changed an argmax: a bug")
 
 
 if __name__ == "__main__":

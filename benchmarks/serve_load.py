@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import shutil
 import socket
 import subprocess
@@ -43,17 +44,14 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _banking77 import DATA, banking77  # noqa: E402
+from _banking77 import banking77  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FALLBACK = ["my card has not arrived yet", "what is the exchange rate for euros",
-            "how do I reset my PIN", "why was I charged a fee", "can I top up by bank transfer"]
 
 
 def _messages() -> list[str]:
-    if (DATA / "banking77" / "test.csv").exists():  # ../shared/data beside the repository
-        return [text for text, _ in banking77("test")]
-    return FALLBACK
+    """Real customer messages (banking77's test split, ../shared/data): never canned ones."""
+    return [text for text, _ in banking77("test")]
 
 
 def _free_port() -> int:
@@ -97,13 +95,15 @@ async def _client(http: httpx.AsyncClient, base: str, model: str, texts: list[st
             errors.append(f"{type(e).__name__}: {e}")
 
 
-async def _load(bases: list[str], model: str, clients: int, duration: float, max_tokens: int) -> dict:
+async def _load(bases: list[str], model: str, clients: int, duration: float, max_tokens: int,
+                key: str | None) -> dict:
     texts = _messages()
     lat: list[float] = []
     errors: list[str] = []
     sent, answered = [0], set()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), limits=limits) as http:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), limits=limits, headers=headers) as http:
         start = time.perf_counter()
         until = start + duration
         await asyncio.gather(*[_client(http, bases[k % len(bases)], model, texts, max_tokens, until, k, lat,
@@ -123,15 +123,19 @@ async def _load(bases: list[str], model: str, clients: int, duration: float, max
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    ap.add_argument("--clients", default="1,8,32",
+                    help="comma list of concurrent client counts, one load level each")
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds of load per level")
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--run", type=Path, help="serve this run folder as the champion (default: base)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads of the server (serve --threads); 0 = torch's default. On this "
-                         "shared 2-core CPU, 2 threads took 49-58 s for 4 requests, 1 thread ~6 s per batch")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads of the server (serve --threads); 0 = serve's default")
     ap.add_argument("--max-batch", type=int, default=16, help="serve --max-batch")
-    ap.add_argument("--precision", default="bf16", help="serve --precision (fp32, bf16, auto)")
+    ap.add_argument("--precision", default="fp32",
+                    help="serve --precision (fp32, the default of serve and the numerics eval "
+                         "measured; bf16; auto)")
+    ap.add_argument("--no-auth", action="store_true",
+                    help="serve without an API key (default: a key is set and every request sends it)")
     ap.add_argument("--servers", type=int, default=1, help="server processes sharing one traffic store")
     ap.add_argument("--store", help="traffic store URL for every server (default: a SQLite file in the "
                                     "temp registry), e.g. postgresql://user:pw@127.0.0.1/db")
@@ -140,15 +144,20 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temp registry and traffic log")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    levels = [int(c) for c in str(args.clients).split(",") if c.strip()]
 
+    from tuneloop.models.cpu import cpu_kind, isa_capped
     from tuneloop.serve.store import TrafficStore, display_url
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     config, model = _project(tmp, args.run, args.base_model)
     url = args.store or f"sqlite:///{tmp / 'registry' / 'traffic.db'}"
     rows_before = TrafficStore(url).count_requests()
+    key = None if args.no_auth else secrets.token_urlsafe(24)
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     env.pop("TUNELOOP_API_KEY", None)
+    if key:
+        env["TUNELOOP_API_KEY"] = key
     ports = [_free_port() for _ in range(args.servers)]
     command = [sys.executable, "-m", "tuneloop", "serve", str(config), "--model", model, "--host",
                "127.0.0.1", "--max-batch", str(args.max_batch), "--precision", args.precision, "--store", url,
@@ -170,26 +179,35 @@ def main() -> None:
                     sys.exit("server did not start within 300 s")
                 time.sleep(0.5)
         startup = time.perf_counter() - t0
-        res = asyncio.run(_load(bases, model, args.clients, args.duration, args.max_tokens))
+        if key:  # auth really is on: a request without the key is refused
+            r = httpx.post(f"{bases[0]}/v1/chat/completions", timeout=30,
+                           json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+            if r.status_code != 401:
+                sys.exit(f"auth is not enforced: a request without the key got {r.status_code}")
+        runs = [asyncio.run(_load(bases, model, c, args.duration, args.max_tokens, key))
+                for c in levels]
     finally:
         for server in servers:
             server.terminate()
         for server in servers:
             server.wait(timeout=60)
     store = TrafficStore(url)
-    ids = set(res.pop("answered_ids"))
+    ids = set().union(*(r.pop("answered_ids") for r in runs))
     logged = {r["request_id"]: r["status"] for r in store.requests() if r["request_id"] in ids}
     rows = store.count_requests() - rows_before
-    res |= {"model": model, "servers": args.servers, "store": display_url(url),
-            "server_startup_s": round(startup, 1), "logged": len(logged), "traffic_rows": rows,
-            "traffic_rows_ok": sum(1 for s in logged.values() if s == 200),
-            "cpu_count": os.cpu_count(), "server_threads": args.threads,
-            "max_batch": args.max_batch, "precision": args.precision,
-            "load_average_1m": round(os.getloadavg()[0], 2)}
+    ok = sum(r["ok"] for r in runs)
+    res = {"model": model, "levels": runs, "servers": args.servers, "store": display_url(url),
+           "server_startup_s": round(startup, 1), "logged": len(logged), "traffic_rows": rows,
+           "traffic_rows_ok": sum(1 for s in logged.values() if s == 200),
+           "cpu_count": os.cpu_count(), "cpu_kind": cpu_kind(), "isa_capped": isa_capped(),
+           "server_threads": args.threads or "default", "max_batch": args.max_batch,
+           "precision": args.precision, "auth": bool(key),
+           "load_average_1m": round(os.getloadavg()[0], 2)}
     store.close()
-    res["checks"] = {"no_errors": res["errors"] == 0,
-                     "every_answer_logged": len(logged) == res["answered"] == rows,
-                     "rows_match_ok": res["traffic_rows_ok"] == res["ok"]}
+    # Rows: every answered request, plus the one refused without a key.
+    res["checks"] = {"no_errors": all(r["errors"] == 0 for r in runs),
+                     "every_answer_logged": len(logged) == len(ids) == rows - bool(key),
+                     "rows_match_ok": res["traffic_rows_ok"] == ok}
     if args.keep:
         res["folder"] = str(tmp)
     else:
@@ -197,17 +215,19 @@ def main() -> None:
     if args.json:
         print(json.dumps(res, indent=2))
     else:
-        lat = res["latency_ms"]
-        print(f"{model}: {args.clients} clients x {args.duration:.0f} s, max_tokens {args.max_tokens}, "
-              f"{args.servers} server(s), threads {args.threads or 'default'}, max batch {args.max_batch}, "
-              f"{args.precision}, {os.cpu_count()} CPUs (1-min load average after: {res['load_average_1m']})")
-        print(f"  store {res['store']}")
-        print(f"  requests sent {res['sent']}  answered {res['answered']}  logged {res['logged']}  "
-              f"(ok {res['ok']}, errors {res['errors']})  throughput {res['throughput_rps']} req/s")
-        print(f"  latency ms  p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}")
+        print(f"{model}: max_tokens {args.max_tokens}, {args.servers} server(s), threads "
+              f"{res['server_threads']}, max batch {args.max_batch}, {args.precision}, auth "
+              f"{'on' if key else 'off'}, CPU {res['cpu_kind']}{' (ISA capped)' if isa_capped() else ''}, "
+              f"{os.cpu_count()} CPUs; store {res['store']}")
+        for r in runs:
+            lat = r["latency_ms"]
+            print(f"  {r['clients']:3d} clients x {r['duration_s']:.0f} s: ok {r['ok']}, errors "
+                  f"{r['errors']}, {r['throughput_rps']} req/s, latency ms p50 {lat['p50']}  "
+                  f"p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}")
         print(f"  traffic-log rows {res['traffic_rows']} (status 200: {res['traffic_rows_ok']})  "
-              f"batching {res['batching']}")
-        print(f"  checks {res['checks']}")
+              f"checks {res['checks']}")
+        by = {r["clients"]: r["latency_ms"] for r in runs}
+        print(" ".join(f"p50_{c}={by[c]['p50']:.0f}ms p99_{c}={by[c]['p99']:.0f}ms" for c in levels))
     sys.exit(0 if all(res["checks"].values()) else 1)
 
 

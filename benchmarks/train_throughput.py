@@ -44,8 +44,11 @@ each worker reports what it ran with.
 
 Precision: tuneloop's placement (`model.dtype: auto`) computes under bf16 autocast where the CPU
 has AMX/avx512_bf16, else in fp32 (bf16 would be emulated there); both TRL runs use the same
-(`bf16=` that choice). The summary JSON names the CPU kind detected from /proc/cpuinfo (amx,
-avx512_bf16 or avx2-only) and, per trainer, the compute dtype and the frozen weights' dtype.
+(`bf16=` that choice). The summary JSON names the CPU kind as the kernels see it (amx,
+avx512_bf16 or avx2-only: tuneloop.models.cpu) and, per trainer, the compute dtype and the
+frozen weights' dtype. An AVX2-only machine can be measured on a newer one by capping the ISA
+of every worker: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+(the kind then reads "avx2-only (ISA capped)", bf16 is emulated and all three train in fp32).
 
 Timing covers training only (tuneloop's train_seconds, TRL's on_train_begin..on_train_end).
 Peak RSS is read when training ends. Validation loss is computed after both, by one function
@@ -96,16 +99,12 @@ def examples(n_train: int = 512, n_val: int = 100) -> tuple[list[dict], list[dic
 
 
 def cpu_kind() -> str:
-    """amx | avx512_bf16 | avx2-only | other, from /proc/cpuinfo's flags."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "other"
-    if "amx_bf16" in flags:
-        return "amx"
-    if "avx512_bf16" in flags:
-        return "avx512_bf16"
-    return "avx2-only" if "avx2" in flags else "other"
+    """amx | avx512_bf16 | avx512 | avx2-only | other, as the kernels see it (ISA caps honoured:
+    tuneloop.models.cpu), with " (ISA capped)" when env variables hold them below the chip."""
+    from tuneloop.models.cpu import cpu_kind as kind
+    from tuneloop.models.cpu import isa_capped
+
+    return kind() + (" (ISA capped)" if isa_capped() else "")
 
 
 def peak_flops() -> dict[str, float]:
