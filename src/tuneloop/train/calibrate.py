@@ -26,6 +26,7 @@ import torch
 
 from tuneloop.config import MethodConfig, TrainConfig
 from tuneloop.files import atomic_write_text
+from tuneloop.models.cpu import cpu_kind
 from tuneloop.models.load import Placement, tuneloop_home
 from tuneloop.train.loss import TargetLoss
 from tuneloop.train.methods import count_parameters, wrap
@@ -51,7 +52,9 @@ def _cpu_name() -> str:
 
 def machine_key(placement: Placement) -> str:
     """What the calibration depends on: the chip, threads, torch and the compute precision."""
-    chip = torch.cuda.get_device_name() if placement.device == "cuda" else _cpu_name()
+    # The kind (tuneloop.models.cpu) too: an ISA-capped run is another machine for the kernels.
+    chip = torch.cuda.get_device_name() if placement.device == "cuda" else \
+        f"{_cpu_name()} [{cpu_kind()}]"
     return f"v{VERSION}|{chip}|threads={torch.get_num_threads()}|torch={torch.__version__}|" \
            f"{placement.device}|{placement.precision}"
 
