@@ -23,6 +23,12 @@ Checked: 4 and 3 give the same label on every prompt (the script exits 1 if not)
 same scores as every prompt+label run as its own sequence on the first 16 prompts. Agreement
 with 3 and accuracy on the gold labels are printed for every method. Last line:
 `speedup_vs_hf_generate= speedup_vs_exact= last_position_agreement= cpu_kind=`.
+
+Measured 2026-11-30 (2-core AMD EPYC, avx512_bf16 kind, fp32, 2 threads, quiet machine,
+defaults: 200 base-model prompts, 10 labels): hf_generate 67.6 s (0.5% agreement, accuracy
+0.035: the base model rarely answers with a label), last_position 41.3 s (57.5%, 0.250),
+tuneloop_exact 74.6 s (0.315), tuneloop 28.5 s (100%, 0.315); speedup_vs_hf_generate=2.37
+speedup_vs_exact=2.62; exact vs full sequences max |diff| 3.3e-5.
 """
 
 from __future__ import annotations

@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import MODEL, examples, peak_flops  # noqa: E402
 
