@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from tuneloop.config import MethodConfig
@@ -76,7 +77,12 @@ def wrap(model, m: MethodConfig, lora_layers: dict[type, type] | None = None):
     from peft import get_peft_model
 
     try:
-        return get_peft_model(model, cfg)
+        with warnings.catch_warnings():
+            # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`; the
+            # FutureWarning is theirs to fix and only clutters every training run's output.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing",
+                                    category=FutureWarning)
+            return get_peft_model(model, cfg)
     except ValueError as e:  # e.g. ia3 without known targets for this architecture
         raise TuneloopError(f"method {m.name!r} cannot be applied to this model: {e}; "
                             "set method.target_modules") from e
