@@ -41,6 +41,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _hf import hf_batched_generate  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -66,9 +69,9 @@ def main() -> None:
     from tuneloop.evaluate.runner import score_choices, score_choices_naive
     from tuneloop.evaluate.systems import label_gen_tokens
     from tuneloop.models.cpu import cpu_kind, isa_capped
-    from tuneloop.models.generate import pad_batch
+    from tuneloop.models.generate import pad_batch, positions, stop_ids
     from tuneloop.models.load import Placement, chat_tokenizer, load_model, resolve_model
-    from tuneloop.models.tokens import encode_prompt, end_of_turn_id
+    from tuneloop.models.tokens import encode_prompt
     from tuneloop.runs import load_run_model
 
     cfg = load_config(ROOT / "examples" / "support-intents")
@@ -85,24 +88,15 @@ def main() -> None:
         prompts = [prompted(e, cfg.task) for e in examples]
     encoded = [encode_prompt(tok, p) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    stop = sorted({end_of_turn_id(tok), tok.eos_token_id} - {None})
+    stop = stop_ids(tok)
     first_ids = [tok(lab, add_special_tokens=False)["input_ids"][0] for lab in labels]
     new_tokens = label_gen_tokens(tok, labels)
 
-    @torch.no_grad()
-    def hf_generate(idx=order):
-        out = [""] * len(encoded)
-        for s in range(0, len(idx), args.batch):
-            rows = idx[s:s + args.batch]
-            ids, attn = pad_batch([encoded[i] for i in rows], tok.pad_token_id, "left")
-            gen = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=new_tokens,
-                                 do_sample=False, eos_token_id=stop,
-                                 pad_token_id=tok.pad_token_id)
-            for r, i in enumerate(rows):
-                new = gen[r, ids.shape[1]:].tolist()
-                cut = next((k for k, t in enumerate(new) if t in stop), len(new))
-                out[i] = tok.decode(new[:cut], skip_special_tokens=True).strip()
-        return [parse_label(t, labels) for t in out]
+    def hf_generate(rows=None):  # answers in prompt order; the helper sorts by length
+        rows = range(len(encoded)) if rows is None else rows
+        texts = hf_batched_generate(model, tok, [encoded[i] for i in rows], args.batch,
+                                    new_tokens, stop)
+        return [parse_label(t, labels) for t in texts]
 
     @torch.no_grad()
     def last_position(idx=order):
@@ -110,8 +104,7 @@ def main() -> None:
         for s in range(0, len(idx), args.batch):
             rows = idx[s:s + args.batch]
             ids, attn = pad_batch([encoded[i] for i in rows], tok.pad_token_id, "left")
-            pos = (attn.cumsum(1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
+            logits = model(input_ids=ids, attention_mask=attn, position_ids=positions(attn),
                            logits_to_keep=1).logits[:, -1]
             best = logits[:, first_ids].argmax(1).tolist()
             for r, i in enumerate(rows):

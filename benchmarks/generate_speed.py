@@ -32,6 +32,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _hf import hf_batched_generate  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,7 +47,7 @@ def main() -> None:
 
     from tuneloop.config import load_config
     from tuneloop.data.load import load_splits
-    from tuneloop.models.generate import generate_with_counts, pad_batch, stop_ids
+    from tuneloop.models.generate import generate_with_counts, stop_ids
     from tuneloop.models.load import choose_placement, load_model, load_tokenizer_for
     from tuneloop.models.tokens import encode_prompt
 
@@ -58,21 +61,8 @@ def main() -> None:
     stop = stop_ids(tok)
 
     def hf_generate(msgs) -> list[str]:
-        encoded = [encode_prompt(tok, m) for m in msgs]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        texts = [""] * len(encoded)
-        with torch.no_grad():
-            for s in range(0, len(order), args.batch):
-                idx = order[s:s + args.batch]
-                ids, attn = pad_batch([encoded[i] for i in idx], tok.pad_token_id, "left")
-                out = model.generate(input_ids=ids, attention_mask=attn, do_sample=False,
-                                     max_new_tokens=args.new_tokens, eos_token_id=stop,
-                                     pad_token_id=tok.pad_token_id)
-                for r, i in enumerate(idx):
-                    new = out[r, ids.shape[1]:].tolist()
-                    cut = next((k for k, t in enumerate(new) if t in stop), len(new))
-                    texts[i] = tok.decode(new[:cut], skip_special_tokens=True).strip()
-        return texts
+        return hf_batched_generate(model, tok, [encode_prompt(tok, m) for m in msgs],
+                                   args.batch, args.new_tokens, stop)
 
     warm_prompts = [e.prompt_messages for e in warm]
     hf_generate(warm_prompts)

@@ -95,6 +95,11 @@ class MethodConfig(_Section):
     quantize: Literal["4bit"] | None = Field(
         None, description="QLoRA: load the frozen base in 4-bit (bitsandbytes NF4; CUDA only).")
 
+    @property
+    def adds_virtual_tokens(self) -> bool:
+        """Prefix and prompt tuning prepend learnt vectors: nothing to merge into the weights."""
+        return self.name in ("prefix", "prompt")
+
 
 class TrainConfig(_Section):
     """Optimisation: AdamW with warm-up plus cosine decay."""

@@ -90,7 +90,7 @@ def load_run_model(run: str | Path, placement: Any = None, merge: bool = False):
 
         base = load_model(resolve_model(cfg.model.name), placement)
         model = PeftModel.from_pretrained(base, run / "adapter")
-        if merge and cfg.method.name not in ("prefix", "prompt"):
+        if merge and not cfg.method.adds_virtual_tokens:
             model = model.merge_and_unload()
     model.eval()
     return model, tok, cfg

@@ -30,7 +30,7 @@ def export_merged(run: str | Path, out: str | Path) -> dict:
     if out.exists() and any(out.iterdir()):
         raise TuneloopError(f"{out}: already exists and is not empty; choose a new folder")
     model, tok, cfg = load_run_model(run, Placement("cpu", "fp32"))
-    if cfg.method.name in ("prefix", "prompt"):
+    if cfg.method.adds_virtual_tokens:
         raise TuneloopError(f"method {cfg.method.name!r} adds virtual tokens, which cannot be "
                             "merged into the weights; serve it with the adapter instead")
     probe = _probe_inputs(tok)
