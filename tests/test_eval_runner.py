@@ -10,12 +10,13 @@ import torch
 
 from tuneloop.evaluate.runner import (
     perplexity_bpb,
+    score_and_generate,
     score_choices,
     score_choices_naive,
     target_nll,
 )
-from tuneloop.models.generate import generate
-from tuneloop.models.tokens import end_of_turn_id
+from tuneloop.models.generate import generate, generate_with_counts
+from tuneloop.models.tokens import IGNORE, encode, end_of_turn_id
 from tuneloop.records import Example, Message
 
 
@@ -86,6 +87,45 @@ def test_bits_per_byte_from_target_nll(tiny):
     tot = sum(r[0] for r in rows)
     assert m["bits_per_byte"] == pytest.approx(tot / math.log(2) / sum(r[2] for r in rows))
     assert m["perplexity"] == pytest.approx(math.exp(tot / sum(r[1] for r in rows)))
+
+
+def test_target_nll_equals_full_sequences(tiny):
+    """Shared prefix once and the LM head over the target span only: the same NLL as scoring
+    every full sequence, also where a conversation has two answers (targets not contiguous)."""
+    model, tok = tiny
+    sys = Message("system", "You sort bank messages.")
+    exs = [Example(str(i), [sys, Message("user", "where is my card " * (i % 3 + 1)),
+                            Message("assistant", "card_arrival" if i % 2 else "no idea at all")])
+           for i in range(5)]
+    exs.append(Example("chat", [sys, Message("user", "hi"), Message("assistant", "hello there"),
+                                Message("user", "card?"), Message("assistant", "arriving")]))
+    fast = target_nll(model, tok, exs, batch_size=4)
+    for ex, (nll, count, _) in zip(exs, fast, strict=True):
+        item = encode(tok, ex, 2048)
+        ids, lab = torch.tensor([item.input_ids]), torch.tensor([item.labels])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits.float()[0, :-1]
+        tgt = lab[0, 1:]
+        keep = tgt != IGNORE
+        ref = torch.nn.functional.cross_entropy(logits[keep], tgt[keep], reduction="sum")
+        assert count == int(keep.sum()) and nll == pytest.approx(float(ref), rel=1e-4)
+
+
+def test_generation_from_the_scoring_pass_equals_separate_generation(tiny):
+    model, tok = tiny
+    prompts, labels = _prompts(9), ["card_arrival", "exchange_rate", "yes"]
+    grad = []  # autograd on in the forward passes would keep every activation (it did: 24 GB)
+    hook = model.register_forward_pre_hook(lambda *_: grad.append(torch.is_grad_enabled()))
+    try:
+        scores, texts, counts, _ = score_and_generate(model, tok, prompts, labels, sample=5,
+                                                      max_new_tokens=6, batch_size=2)
+    finally:
+        hook.remove()
+    assert grad and not any(grad)
+    assert torch.equal(scores, score_choices(model, tok, prompts, labels, batch_size=2))
+    assert (texts, counts) == generate_with_counts(model, tok, prompts[:5], 6, batch_size=3)
+    none = score_and_generate(model, tok, prompts, labels, sample=0, max_new_tokens=6)
+    assert none[1:3] == ([], [])
 
 
 @pytest.mark.integration

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -20,10 +21,13 @@ from tuneloop.console import progress
 from tuneloop.models.generate import (
     cache_kwarg,
     common_prefix_len,
+    decode,
     model_device,
     pad_batch,
     positions,
     prefill,
+    reply,
+    stop_ids,
 )
 from tuneloop.models.tokens import IGNORE, encode, encode_prompt, end_of_turn_id
 from tuneloop.records import Example, Message
@@ -43,8 +47,43 @@ def score_choices(model, tok, prompts: Sequence[list[Message]], choices: Sequenc
     return score_encoded(model, encoded, choice_ids, tok.pad_token_id, batch_size, quiet, exact)
 
 
+@torch.no_grad()
+def score_and_generate(model, tok, prompts: Sequence[list[Message]], choices: Sequence[str],
+                       sample: int, max_new_tokens: int, batch_size: int = 16,
+                       quiet: bool = True) -> tuple[torch.Tensor, list[str], list[int], float]:
+    """score_choices, plus greedy replies for the first `sample` prompts decoded from the same
+    prompt pass (its KV cache and last logits): free generation then costs its new tokens only,
+    not a second prefill of the prompt. Returns scores, replies, tokens each reply used, and
+    the seconds spent decoding."""
+    eot = end_of_turn_id(tok)
+    stop = stop_ids(tok)
+    choice_ids = [tok(c, add_special_tokens=False)["input_ids"] + [eot] for c in choices]
+    encoded = [encode_prompt(tok, m) for m in prompts]
+    new_ids: dict[int, list[int]] = {}
+    spent = [0.0]
+
+    def generate(idx: list[int], logits, cache, attn, start) -> None:
+        rows = [r for r, i in enumerate(idx) if i < sample]
+        if not rows:
+            return
+        t0 = time.perf_counter()
+        sel = torch.tensor(rows, device=attn.device)
+        new = decode(model, logits[sel], _rows_of(cache, sel), attn[sel], start[sel],
+                     pad=tok.pad_token_id, stop=stop, max_new_tokens=max_new_tokens)
+        for r, row in zip(rows, new.tolist(), strict=True):
+            new_ids[idx[r]] = row
+        spent[0] += time.perf_counter() - t0
+
+    scores = score_encoded(model, encoded, choice_ids, tok.pad_token_id, batch_size, quiet,
+                           on_prefill=generate)
+    replies = [reply(tok, new_ids[i], stop) for i in range(min(sample, len(encoded)))]
+    return scores, [t for t, _ in replies], [n for _, n in replies], spent[0]
+
+
+@torch.no_grad()
 def score_encoded(model, prompts: list[list[int]], choice_ids: list[list[int]], pad: int,
-                  batch_size: int = 16, quiet: bool = True, exact: bool = False) -> torch.Tensor:
+                  batch_size: int = 16, quiet: bool = True, exact: bool = False,
+                  on_prefill: Callable | None = None) -> torch.Tensor:
     """score_choices on token ids: one prompt pass per batch, its KV cache reused per choice.
 
     The prompt pass scores every choice's first token. Log-probabilities only fall as tokens
@@ -53,7 +92,9 @@ def score_encoded(model, prompts: list[list[int]], choice_ids: list[list[int]], 
     (_branch_and_bound); the others cannot be the argmax and keep their bound. A fine-tuned
     model is sure of its first token, so this usually means one choice per prompt instead of
     all of them (branch and bound; the argmax is the same).
-    Continuations run sorted by length, so little of them is padding.
+    Continuations run sorted by length, so little of them is padding. `on_prefill(idx,
+    logits, cache, attn, start)` sees each batch's prompt pass first (it must not change the
+    cache: use _rows_of).
     """
     n_c = len(choice_ids)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -66,6 +107,9 @@ def score_encoded(model, prompts: list[list[int]], choice_ids: list[list[int]], 
         for idx in _token_batches(order, [len(p) - shared for p in prompts], batch_size):
             logits, cache, attn, start = prefill(model, [prompts[i] for i in idx], shared,
                                                  pad, dev)
+            logits = logits[:, -1]
+            if on_prefill is not None:
+                on_prefill(idx, logits, cache, attn, start)
             total = torch.log_softmax(logits, -1)[:, first_ids].cpu()  # (b, n_c)
             if exact:
                 every = torch.ones_like(total, dtype=torch.bool)
@@ -205,8 +249,15 @@ def target_nll(model, tok, examples: Sequence[Example], max_len: int = 2048,
     """Per example: (summed NLL in nats of the target tokens, their count, UTF-8 bytes of target).
 
     Bits per byte = sum NLL / ln 2 / bytes: comparable across tokenizers, unlike perplexity.
+    The prefix every example shares (template, system turn, instruction) runs once per batch,
+    and the LM head runs only over each batch's target span: rows are left-padded, so the
+    last `keep` columns hold every row's targets.
     """
     items = [encode(tok, ex, max_len) for ex in examples]
+    first = [next((j for j, v in enumerate(it.labels) if v != IGNORE), len(it.labels))
+             for it in items]
+    # The token before a row's first target must be in its own part: its logits score it.
+    shared = min([common_prefix_len([it.input_ids for it in items])] + [f - 1 for f in first])
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     res: list[tuple[float, int, int]] = [(0.0, 0, 0)] * len(items)
     dev = model_device(model)
@@ -214,12 +265,14 @@ def target_nll(model, tok, examples: Sequence[Example], max_len: int = 2048,
         task = bar.add_task("nll", total=len(items))
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            ids, attn = pad_batch([items[i].input_ids for i in idx], tok.pad_token_id)
-            lab, _ = pad_batch([items[i].labels for i in idx], IGNORE)
-            logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits.float()
-            tgt = lab[:, 1:].to(dev)
-            nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2), tgt.clamp(min=0), reduction="none")
+            keep = max(len(items[i].input_ids) - first[i] + 1 for i in idx)
+            logits, *_ = prefill(model, [items[i].input_ids for i in idx], max(shared, 0),
+                                 tok.pad_token_id, dev, keep)
+            # Next-token targets, left-padded like the rows: column c is scored by logits c.
+            lab, _ = pad_batch([items[i].labels[1:] + [IGNORE] for i in idx], IGNORE, "left")
+            tgt = lab[:, -keep:].to(dev)
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt.clamp(min=0),
+                                                    reduction="none")
             mask = tgt != IGNORE
             sums, cnt = (nll * mask).sum(1).cpu(), mask.sum(1).cpu()
             for r, i in enumerate(idx):

@@ -15,7 +15,7 @@ import numpy as np
 from tuneloop.config import Config
 from tuneloop.evaluate.baselines import embedding_classifier, nearest_answers
 from tuneloop.evaluate.metrics import parse_label
-from tuneloop.evaluate.runner import score_choices, target_nll
+from tuneloop.evaluate.runner import score_and_generate, target_nll
 from tuneloop.models.generate import generate_with_counts
 from tuneloop.models.tokens import encode_prompt
 from tuneloop.records import Example, Message, label_set
@@ -67,19 +67,19 @@ def run_llm(name: str, model, tok, cfg: Config, examples: Sequence[Example],
     out = SystemOutput(name, [], prompt_tokens=prompt_tokens)
     if cfg.task.type == "classification":
         labels = label_set(examples, cfg.task.labels)
+        # Parse failures are a rate: a sample estimates it, and free generation costs more
+        # than label scoring, so only the first eval.generate_sample examples generate. Their
+        # replies are decoded from the scoring pass's prompt cache (no second prefill).
+        k = min(cfg.eval.generate_sample or len(prompts), len(prompts)) if free_generation else 0
         t0 = time.perf_counter()
-        scores = score_choices(model, tok, prompts, labels, bs, quiet)
-        out.seconds_per_example = (time.perf_counter() - t0) / n
+        scores, texts, counts, decode_s = score_and_generate(
+            model, tok, prompts, labels, k, label_gen_tokens(tok, labels), bs, quiet)
+        out.seconds_per_example = (time.perf_counter() - t0 - decode_s) / n
         out.scores = scores.numpy()
         out.preds = [labels[i] for i in scores.argmax(1).tolist()]
         if free_generation:
-            # Parse failures are a rate: a sample estimates it, and free generation costs more
-            # than label scoring, so only the first eval.generate_sample examples generate.
-            k = min(cfg.eval.generate_sample or len(prompts), len(prompts))
-            t0 = time.perf_counter()
-            texts, counts = generate_with_counts(model, tok, prompts[:k],
-                                                 label_gen_tokens(tok, labels), bs, quiet)
-            out.gen_seconds_per_example = (time.perf_counter() - t0) / max(k, 1)
+            # A generated answer costs the prompt pass (shared with scoring) plus its decoding.
+            out.gen_seconds_per_example = out.seconds_per_example + decode_s / max(k, 1)
             out.gen = list(texts) + [None] * (len(prompts) - k)
             out.gen_sampled = k
             out.new_tokens = counts

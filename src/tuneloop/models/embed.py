@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import cache
 
 import numpy as np
@@ -10,6 +11,11 @@ from tuneloop.models.catalog import embedder_path
 from tuneloop.models.cpu import cpu_has_bf16
 
 DIM = 384  # all-MiniLM-L6-v2 output size; lets callers shape empty results without loading
+# Texts embedded lately, kept so one command embeds each text once: `tuneloop eval` embeds the
+# training and test texts for few-shot retrieval and again for the embedding classifier.
+# 20,000 vectors are 30 MB.
+_RECENT: OrderedDict[str, np.ndarray] = OrderedDict()
+RECENT_MAX = 20_000
 
 
 @cache
@@ -22,10 +28,29 @@ def _model():
     return SentenceTransformer(str(embedder_path()), device="cpu", local_files_only=True)
 
 
-def embed(texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """L2-normalised float32 MiniLM embeddings, one row per text (shape [len(texts), 384])."""
+def embed(texts: list[str], batch_size: int = 64, progress: bool = False,
+          recent: bool = True) -> np.ndarray:
+    """L2-normalised float32 MiniLM embeddings, one row per text (shape [len(texts), 384]).
+
+    Texts embedded lately (and repeats within `texts`) are not embedded again, unless
+    `recent=False` (a timed embedding: its cost must be its own)."""
     if not texts:
         return np.zeros((0, DIM), dtype=np.float32)
+    if len(texts) > RECENT_MAX or not recent:  # too many to keep: embed them as they come
+        return _encode(list(texts), batch_size, progress)
+    for t in texts:  # used now: the last to be dropped
+        if t in _RECENT:
+            _RECENT.move_to_end(t)
+    todo = list(dict.fromkeys(t for t in texts if t not in _RECENT))
+    if todo:
+        for text, vec in zip(todo, _encode(todo, batch_size, progress), strict=True):
+            _RECENT[text] = vec
+        while len(_RECENT) > RECENT_MAX:  # the oldest go; none of `texts` is among them
+            _RECENT.popitem(last=False)
+    return np.stack([_RECENT[t] for t in texts])
+
+
+def _encode(texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
     import torch  # why: as in _model; loaded by then anyway
 
     # bf16 matmuls run ~2x faster end to end on CPUs with AMX/avx512_bf16, and the vectors stay

@@ -86,9 +86,14 @@ def common_prefix_len(seqs: Sequence[list[int]]) -> int:
     return max(n, 0)
 
 
-def prefill(model, seqs: list[list[int]], shared: int, pad: int, dev):
+def prefill(model, seqs: list[list[int]], shared: int, pad: int, dev, keep: int = 1):
     """Run a batch of prompts: their shared prefix once (batch 1, cache repeated per row), then
-    the left-padded remainders. Returns last logits, cache, attention mask, next positions."""
+    the left-padded remainders. Returns the logits of the last `keep` positions (b, keep, V),
+    cache, attention mask, next positions.
+
+    With left padding every row ends at the right edge, so the last `keep` columns are each
+    row's last `keep` tokens (fewer where a row is shorter: the rest is padding).
+    """
     b = len(seqs)
     ids, attn = pad_batch([q[shared:] for q in seqs], pad, "left")
     ids, attn = ids.to(dev), attn.to(dev)
@@ -102,18 +107,27 @@ def prefill(model, seqs: list[list[int]], shared: int, pad: int, dev):
         attn = torch.cat([torch.ones(b, shared, dtype=attn.dtype, device=dev), attn], dim=1)
     # Positions count real tokens only, so padding between prefix and remainder is invisible.
     pos = positions(attn)[:, shared:]
-    # logits_to_keep=1: only the last position's logits are needed from a prompt pass.
+    # logits_to_keep: a prompt pass needs the last position's logits only (scoring, decoding);
+    # the LM head over every position would cost a fifth of a small model's forward.
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
-                logits_to_keep=1, **extra)
-    return out.logits[:, -1].float(), cache_of(out), attn, pos[:, -1:] + 1
+                logits_to_keep=keep, **extra)
+    return out.logits[:, -keep:].float(), cache_of(out), attn, pos[:, -1:] + 1
 
 
 def greedy_ids(model, seqs: list[list[int]], shared: int, pad: int, dev, stop: list[int],
                max_new_tokens: int) -> torch.Tensor:
     """Greedy decoding of a batch with the KV cache; finished rows emit pad. (b, steps) ids."""
     logits, cache, attn, pos = prefill(model, seqs, shared, pad, dev)
+    return decode(model, logits[:, -1], cache, attn, pos, pad, stop, max_new_tokens)
+
+
+def decode(model, logits: torch.Tensor, cache, attn: torch.Tensor, pos: torch.Tensor, pad: int,
+           stop: list[int], max_new_tokens: int) -> torch.Tensor:
+    """Greedy decoding after a prompt pass (its last logits, cache, mask and next positions):
+    (b, steps) new ids, pad after a row's stop token. The cache grows as tokens are added."""
+    dev = logits.device
     stop_t = torch.tensor(stop, device=dev)
-    done = torch.zeros(len(seqs), dtype=torch.bool, device=dev)
+    done = torch.zeros(logits.shape[0], dtype=torch.bool, device=dev)
     steps = []
     kw = cache_kwarg(model)
     for step in range(max_new_tokens):
@@ -156,9 +170,13 @@ def generate_with_counts(model, tok, prompts: Sequence[list[Message]], max_new_t
             new = greedy_ids(model, [encoded[i] for i in idx], shared, pad, dev, stop,
                              max_new_tokens)
             for r, i in enumerate(idx):
-                row = new[r].tolist()
-                cut = next((k for k, t in enumerate(row) if t in stop), len(row))
-                results[i] = tok.decode(row[:cut], skip_special_tokens=True).strip()
-                counts[i] = min(cut + 1, len(row))
+                results[i], counts[i] = reply(tok, new[r].tolist(), stop)
             bar.advance(task, len(idx))
     return results, counts
+
+
+def reply(tok, new: list[int], stop: list[int]) -> tuple[str, int]:
+    """A row of decode()'s ids as text up to its stop token, and the tokens it used (the stop
+    token included)."""
+    cut = next((k for k, t in enumerate(new) if t in stop), len(new))
+    return tok.decode(new[:cut], skip_special_tokens=True).strip(), min(cut + 1, len(new))
