@@ -2,9 +2,9 @@
 
 For every (run, quant): file size, write time, transformers' load time of the GGUF, greedy
 agreement with the run on N test prompts, the task metric of both with 95% CIs and their
-paired difference, and generation speed: llama.cpp (llama-cpp-python, when installed) against
-tuneloop's own decoder (models/generate.py, what `tuneloop serve` runs), on the same prompts,
-one prompt at a time, on this machine.
+paired difference, and generation speed: llama.cpp (llama-cpp-python, else llama-cpp-py-sync,
+when installed; see benchmarks/_llamacpp.py) against tuneloop's own decoder (models/generate.py,
+what `tuneloop serve` runs), on the same prompts, one prompt at a time, on this machine.
 
     .venv/bin/python benchmarks/export_parity.py --n 50                      # both bundled models
     .venv/bin/python benchmarks/export_parity.py --run runs/lora-... --quants f16,q8_0 --n 20
@@ -17,12 +17,16 @@ Pass real runs to measure fine-tunes. q4_k_m needs llama-cpp-python (the [export
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _llamacpp  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "support-intents"
@@ -77,20 +81,19 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from tuneloop.errors import TuneloopError
+    from tuneloop.export import parity
     from tuneloop.export.exporter import export_run
-    from tuneloop.export.parity import (
-        NEAR_TIE,
-        ParityError,
-        llama_cpp_available,
-        max_new_tokens,
-        parity_examples,
-    )
+    from tuneloop.export.parity import NEAR_TIE, ParityError, max_new_tokens, parity_examples
     from tuneloop.runs import read_run_config
 
+    reader = "llama-cpp-python" if parity.llama_cpp_available() else _llamacpp.unavailable()
+    if reader is None:  # the export's own llama.cpp check (check_parity), on llama-cpp-py-sync
+        parity.llama_cpp_available = lambda: True
+        parity.llama_cpp_answers = functools.partial(_llamacpp.parity_answers, threads=args.threads)
+        reader = "llama-cpp-py-sync"
     work = Path(tempfile.mkdtemp(prefix="export-parity-"))
     runs = args.run or [zero_lora_run(m, work) for m in args.models.split(",")]
-    print(f"{os.cpu_count()} CPUs, torch threads {args.threads}, llama-cpp-python "
-          f"{'installed' if llama_cpp_available() else 'not installed'}, N={args.n}")
+    print(f"{os.cpu_count()} CPUs, torch threads {args.threads}, llama.cpp: {reader}, N={args.n}")
     # agree: identical greedy answers, near ties (see tuneloop.export.parity) counted as equal
     header = (f"{'run':34} {'quant':7} {'MB':>7} {'write s':>7} {'load s':>6} {'agree':>6} "
               f"{'metric (run)':>24} {'metric (gguf)':>24} {'diff [95% CI]':>24} "

@@ -327,6 +327,35 @@ def test_stop_strings_cut_the_answer_where_the_first_one_starts(served):
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == full[:full.index(stop)]
 
 
+def test_batcher_waits_for_the_company_of_the_last_batch_only():
+    """Requests answered together come back a few ms apart: the next batch waits (briefly)
+    for as many as the last one had; a lone client never waits."""
+    from tuneloop.serve.engine import GATHER_S, ModelPool
+
+    pool = ModelPool(None, "unused")
+
+    def arrive(n: int, after_s: float) -> None:
+        def later():
+            time.sleep(after_s)
+            for _ in range(n):
+                pool._queue.put("job")
+        threading.Thread(target=later).start()
+
+    pool._queue.put("job")
+    arrive(1, 0.01)
+    assert len(pool._gather()) == 1  # last batch was 1: no waiting for the straggler
+    pool._queue.get(timeout=1)
+    pool._last_batch = 3
+    pool._queue.put("job")
+    arrive(2, GATHER_S / 5)
+    assert len(pool._gather()) == 3  # the two stragglers joined the batch
+    pool._queue.put("job")
+    t0 = time.monotonic()
+    assert len(pool._gather()) == 1  # nobody else came: gone after the window
+    assert GATHER_S <= time.monotonic() - t0 < 1.0
+    assert pool._last_batch == 1
+
+
 def test_stop_check_decodes_only_the_tail():
     """16 stop strings of 64 characters over a long answer: each check decodes a bounded tail,
     not the whole text (which made 10,000 stop strings take 17 minutes)."""

@@ -7,7 +7,8 @@ Generation is not thread-safe (the active adapter is model state), so one lock s
 Greedy requests are micro-batched: those that arrive while a batch runs are generated together
 as the next (left-padded) batch per model version, with the decoder evaluation uses
 (models.generate; the prompt prefix all rows share is run once), so concurrent clients share
-the forward passes instead of queueing one by one. Sampled, seeded, stop-string and streamed
+the forward passes instead of queueing one by one; a batch waits briefly for the company of
+the last one (_gather). Sampled, seeded, stop-string and streamed
 requests run alone through transformers' `generate`.
 
 Nothing a request asks for can hold the model past its deadline (`Params.deadline`): waiting
@@ -51,6 +52,7 @@ BASE = "base"
 
 
 LOAD_RETRY_S = 30.0  # a version that failed to load is tried again after this many seconds
+GATHER_S = 0.05  # how long a batch waits for the requests that came with the last one
 
 
 class UnknownModel(TuneloopError):
@@ -179,6 +181,7 @@ class ModelPool:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._batcher: threading.Thread | None = None
         self._batcher_lock = threading.Lock()
+        self._last_batch = 1  # requests in the last batch: how many to wait for (_gather)
         self.stats = {"batches": 0, "batched_requests": 0, "largest_batch": 0}
         self._stops: dict[int, list[int]] = {}  # id(tokenizer) -> stop ids; tokenizers live as long
         self.closing = threading.Event()  # set by close(): every generation stops at its next token
@@ -444,14 +447,36 @@ class ModelPool:
         self._queue.put((h, ids, p, fut))
         return fut
 
+    def _gather(self) -> list:
+        """The next batch: the first queued request, every one already waiting, and, when the
+        last batch had company, those that arrive within GATHER_S until as many are back.
+
+        Clients that were answered together send their next requests a few milliseconds
+        apart; a batch that starts with the first of them leaves the rest to wait for its
+        whole run (measured: p50 2.7 s at 8 clients for an 8-token reply, against about one
+        batch time when they run together). A lone client never waits: last batch was 1.
+        """
+        jobs = [self._queue.get()]
+        until = time.monotonic() + GATHER_S
+        while len(jobs) < self.max_batch:
+            try:
+                jobs.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            left = until - time.monotonic()
+            if len(jobs) >= self._last_batch or left <= 0:
+                break
+            try:
+                jobs.append(self._queue.get(timeout=left))
+            except queue.Empty:
+                break
+        self._last_batch = len(jobs)
+        return jobs
+
     def _batch_loop(self) -> None:
         while True:
-            jobs = [self._queue.get()]
-            while len(jobs) < self.max_batch:
-                try:
-                    jobs.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            jobs = self._gather()
             groups: dict[str, list] = {}
             now = time.monotonic()
             for j in jobs:
