@@ -11,9 +11,11 @@ bundled model (--models, both by default) and CPU kind (cap the ISA with
 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 to measure an
 AVX2-only machine; the calibration cache keys the kind).
 
-Measured 2026-11-30 (2-core AMD EPYC, avx512_bf16, bf16, fresh calibration, quiet): step time
-predicted 14-23% low on all six (SmolLM2 -23/-14/-15%, Gemma 3 270M -17/-21/-15%), peak
-memory -20% to +8%: worst_error=23.3%, within_15pct=False. The step-time bias is systematic.
+Measured 2026-12-01 (2-core AMD EPYC, fresh calibration, --steps 6): avx512_bf16 (bf16) step
+time -4% to -14%, peak memory -13% to +7%, worst_error=14.3% within_15pct=True; AVX2-capped
+(fp32) step time -1% to -17%, memory -19% to +8%, worst_error=19.4% within_15pct=False
+(docs/scale-out.md). On 2026-11-30, before the probe took the mean of its steps instead of
+the fastest, every step time was 14-23% low (worst 23.3%).
 """
 
 from __future__ import annotations
