@@ -168,6 +168,29 @@ def test_dry_run_memory_counts_the_largest_planned_micro_batch(tiny_project, tmp
     meta = calibrate.meta_model(_config(model_path), cfg.method)
     assert activations == pytest.approx(calibrate.saved_activation_bytes(meta, rows, width), rel=0.01)
 
+    # The LM head's chunk is priced for the most targets of a planned micro-batch, in fp32, and
+    # adds to the peak; the parts add up to it.
+    from tuneloop.train import estimate as estimate_mod
+
+    seen = []
+
+    def head(vocab, targets, half):
+        seen.append((vocab, targets, half))
+        return 3 * 2**30
+
+    before = dry_run(cfg)["estimate"]
+    monkeypatch.setattr(estimate_mod, "head_chunk_bytes", head)
+    after = dry_run(cfg)["estimate"]
+    targets = max(int((micro_batch([items[i] for i in plan.indices(k)], 0, cfg)["labels"][:, 1:]
+                       != -100).sum()) for k in range(4))
+    assert seen == [(_config(model_path).vocab_size, targets, False)]
+    assert after["estimated_peak_memory_gb"] == pytest.approx(
+        before["estimated_peak_memory_gb"] - before["memory_breakdown_gb"]["lm_head_chunk"] + 3,
+        abs=0.01)
+    assert sum(after["memory_breakdown_gb"].values()) == pytest.approx(
+        after["estimated_peak_memory_gb"], abs=0.01)
+    assert calibrate.head_chunk_bytes(262_144, 1000, False) == 256 * 262_144 * 8
+
 
 def test_packing_lowers_the_padding_and_the_step(tiny_project, tmp_path, monkeypatch):
     padded_cfg = load_config(tiny_project)

@@ -28,7 +28,7 @@ from tuneloop.config import MethodConfig, TrainConfig
 from tuneloop.files import atomic_write_text
 from tuneloop.models.cpu import cpu_kind
 from tuneloop.models.load import Placement, tuneloop_home
-from tuneloop.train.loss import TargetLoss
+from tuneloop.train.loss import CHUNK_ROWS, TargetLoss
 from tuneloop.train.methods import count_parameters, wrap
 from tuneloop.train.step import accelerator_for, optimizer_for, prepare_model, train_step
 
@@ -36,7 +36,9 @@ from tuneloop.train.step import accelerator_for, optimizer_for, prepare_model, t
 # os.environ (TORCHINDUCTOR_CACHE_DIR), and importing a tuneloop module must change nothing
 # process-wide.
 
-VERSION = 9  # 9: mean of 3 steps; 8: train_step (clipping, Accelerate autocast); 7: the real architecture
+# 10: the LM head's chunk apart from the activation factor; 9: mean of 3 steps; 8: train_step
+# (clipping, Accelerate autocast); 7: the real architecture
+VERSION = 10
 PROBE_ROWS, PROBE_WIDTH = (2, 8), 128  # two batch sizes; half of each row is a target
 PROBE_STEPS = 3  # timed steps per batch size, after one that warms up
 
@@ -79,6 +81,18 @@ def step_flops(sizes: dict[str, int], full: bool, lora: int, positions: int, wid
         return positions * (6 * sizes["body"] + 3 * attn) + 6 * sizes["head"] * targets
     # Frozen base: no weight gradients, only input gradients (2N); the adapter trains (6N).
     return positions * (4 * sizes["body"] + 3 * attn + 6 * lora) + 4 * sizes["head"] * targets
+
+
+def head_chunk_bytes(vocab: int, targets: int, half: bool) -> int:
+    """Peak bytes of the loss's LM-head chunk (train/loss.py): up to CHUNK_ROWS target rows of
+    vocabulary-wide logits, alive at once with the saved activations, once the body has run.
+
+    Per element: fp32 logits and logsumexp's temporary of the same size (8 bytes); under bf16
+    autocast also the bf16 logits and the bf16 copy of their gradient, not all alive at once
+    (10 bytes, on the high side). With a 262k vocabulary that is 0.5-0.7 GB, which scaling the
+    body's activations by one calibrated factor had spread over every batch size alike.
+    """
+    return min(targets, CHUNK_ROWS) * vocab * (10 if half else 8)
 
 
 def saved_activation_bytes(model, rows: int, width: int) -> int:
@@ -164,6 +178,7 @@ def probe(device: str, precision: str, model_path: str, kernels: str = "auto") -
     init_rss = _rss()
     g = torch.Generator().manual_seed(0)
     points = []
+    most_targets = 0
     for rows in PROBE_ROWS:
         width = PROBE_WIDTH
         ids = torch.randint(0, config.vocab_size, (rows, width), generator=g)
@@ -178,8 +193,9 @@ def probe(device: str, precision: str, model_path: str, kernels: str = "auto") -
                 torch.cuda.synchronize()
             if i:  # the first step allocates and warms up
                 times.append(time.perf_counter() - t)
-        flops = step_flops(sizes, False, trainable, rows * width, width,
-                           int((labels[:, 1:] != -100).sum()))
+        targets = int((labels[:, 1:] != -100).sum())
+        most_targets = max(most_targets, targets)
+        flops = step_flops(sizes, False, trainable, rows * width, width, targets)
         # The mean, not the fastest: the prediction is of a run's mean step, and the fastest
         # of a few steps is the luckiest (predicted 12-23% low, every config, both models).
         points.append((flops, sum(times) / len(times)))
@@ -193,8 +209,9 @@ def probe(device: str, precision: str, model_path: str, kernels: str = "auto") -
         rate, per_param = f2 / t2, 0.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     counted = saved_activation_bytes(meta_model(config, MethodConfig()), PROBE_ROWS[-1], PROBE_WIDTH)
+    head = head_chunk_bytes(config.vocab_size, most_targets, precision in ("bf16", "fp16"))
     return {"base_rss": base_rss, "flops_per_s": rate, "seconds_per_param": per_param,
-            "activation_factor": max(0.2, (peak - init_rss) / counted)}
+            "activation_factor": max(0.2, (peak - init_rss - head) / counted)}
 
 
 def _arch_key(model_path: str) -> str:

@@ -13,7 +13,14 @@ from tuneloop.data.load import load_splits
 from tuneloop.models.load import choose_placement, load_tokenizer_for
 from tuneloop.models.tokens import IGNORE, Encoded, encode_all
 from tuneloop.train.batches import BatchPlan, micro_batch, plan_for, total_steps
-from tuneloop.train.calibrate import calibration, meta_model, model_sizes, saved_activation_bytes, step_flops
+from tuneloop.train.calibrate import (
+    calibration,
+    head_chunk_bytes,
+    meta_model,
+    model_sizes,
+    saved_activation_bytes,
+    step_flops,
+)
 from tuneloop.train.cpu.prepare import cpu_kernels
 from tuneloop.train.methods import count_parameters
 
@@ -75,6 +82,7 @@ def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, pla
     if gc:  # roughly: one layer's activations at a time plus every layer's saved input
         activations = activations / sizes["layers"] + big["positions"] * sizes["hidden"] * 4 * sizes["layers"]
     half = placement.precision in ("bf16", "fp16")
+    head = head_chunk_bytes(config.vocab_size, max(s["targets"] for s in shapes), half)
     if placement.device == "cuda" and half:
         weight_bytes = total * 2
     elif half and not full and cpu_kernels(config.model_type, placement, cfg.train.cpu_kernels):
@@ -85,7 +93,7 @@ def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, pla
     # AdamW keeps two fp32 moments per trainable weight, plus its gradient.
     state_bytes = trainable * 12
     base = cal["base_rss"] if placement.device == "cpu" else 0
-    peak = base + weight_bytes + state_bytes + activations
+    peak = base + weight_bytes + state_bytes + activations + head
     tokens = sum(s["tokens"] for s in shapes) / len(shapes) * cfg.train.grad_accum * steps
     tps = sum(s["tokens"] for s in shapes) / max(sum(micro_seconds), 1e-9)
     del model
@@ -97,6 +105,9 @@ def estimate(cfg: Config, model_path: str, items: list[Encoded], steps: int, pla
             "estimated_train_minutes": round(step_seconds * steps / 60, 2),
             "estimated_peak_memory_gb": round(peak / 2**30, 2),
             "memory_kind": "gpu_allocated" if placement.device == "cuda" else "process_rss",
+            "memory_breakdown_gb": {k: round(v / 2**30, 3) for k, v in (
+                ("process", base), ("weights", weight_bytes), ("optimizer", state_bytes),
+                ("activations", activations), ("lm_head_chunk", head))},
             "padding_fraction": round(1 - sum(s["tokens"] for s in shapes)
                                       / max(1, sum(s["positions"] for s in shapes)), 4),
             "trainable_params": trainable, "total_params": total,
