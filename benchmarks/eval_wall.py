@@ -18,8 +18,8 @@ Data (read from ../shared/data, never downloaded):
 
 Measured 2026-12-01 (2-core AMD EPYC, quiet): sentiment, 500 test, 2 labels, ISA capped at
 AVX2: 198 s (230 s for the same run the same day, before free generation reused the scoring
-pass). banking77,
-500 test, 77 labels: 719 s (avx512_bf16, 2026-11-30). Target 180 s: not met (docs/evaluate.md).
+pass). banking77, 500 test, 77 labels, 12 training rows per intent, ISA capped: 602 s (719 s
+on 2026-11-30). Target 180 s: not met (docs/evaluate.md).
 
 To measure an AVX2-only machine on a newer one, cap the kernels' ISA for the whole run:
 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 (the CPU kind

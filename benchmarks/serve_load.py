@@ -20,9 +20,11 @@ starts (rows already there are not counted: only the ids of this run's answers a
 
 Loopback only, by construction: the server binds 127.0.0.1 and the clients call it there.
 
-Measured 2026-11-30 (quiet 2-core AMD EPYC, avx512_bf16 kind, defaults: fp32, auth on, base
-SmolLM2-135M, 8-token replies): p50/p99 721/819 ms at 1 client, 2748/3731 ms at 8, 4370/5034 ms
-at 32; 389 requests, 0 errors, 389 traffic rows (docs/serve.md).
+Measured 2026-12-01 (quiet 2-core AMD EPYC, avx512_bf16 kind, defaults: fp32, auth on, base
+SmolLM2-135M, 8-token replies): p50/p99 603/770 ms at 1 client, 1299/2588 ms at 8, 3817/4772 ms
+at 32; 502 requests, 0 errors, 502 traffic rows (docs/serve.md). Before the batcher waited for
+the last batch's company and serve let OpenMP threads spin briefly: 721/819, 2748/3731 and
+4370/5034 ms.
 """
 
 from __future__ import annotations
