@@ -41,10 +41,15 @@ def score_choices(model, tok, prompts: Sequence[list[Message]], choices: Sequenc
     The argmax of every row is exact. With exact=False, a choice that cannot win keeps an upper
     bound of its score (see score_encoded); exact=True scores every choice in full.
     """
-    eot = end_of_turn_id(tok)
-    choice_ids = [tok(c, add_special_tokens=False)["input_ids"] + [eot] for c in choices]
+    choice_ids = _choice_ids(tok, choices)
     encoded = [encode_prompt(tok, m) for m in prompts]
     return score_encoded(model, encoded, choice_ids, tok.pad_token_id, batch_size, quiet, exact)
+
+
+def _choice_ids(tok, choices: Sequence[str]) -> list[list[int]]:
+    """Each choice as a complete answer: its tokens and the end-of-turn token."""
+    eot = end_of_turn_id(tok)
+    return [tok(c, add_special_tokens=False)["input_ids"] + [eot] for c in choices]
 
 
 @torch.no_grad()
@@ -55,9 +60,8 @@ def score_and_generate(model, tok, prompts: Sequence[list[Message]], choices: Se
     prompt pass (its KV cache and last logits): free generation then costs its new tokens only,
     not a second prefill of the prompt. Returns scores, replies, tokens each reply used, and
     the seconds spent decoding."""
-    eot = end_of_turn_id(tok)
     stop = stop_ids(tok)
-    choice_ids = [tok(c, add_special_tokens=False)["input_ids"] + [eot] for c in choices]
+    choice_ids = _choice_ids(tok, choices)
     encoded = [encode_prompt(tok, m) for m in prompts]
     new_ids: dict[int, list[int]] = {}
     spent = [0.0]
@@ -224,8 +228,7 @@ def _pairs_logp(model, cache, attn: torch.Tensor, start: torch.Tensor,
 def score_choices_naive(model, tok, prompts: Sequence[list[Message]], choices: Sequence[str],
                         batch_size: int = 16) -> torch.Tensor:
     """Reference scorer: every prompt+choice as its own full sequence (for tests/benchmarks)."""
-    eot = end_of_turn_id(tok)
-    choice_ids = [tok(c, add_special_tokens=False)["input_ids"] + [eot] for c in choices]
+    choice_ids = _choice_ids(tok, choices)
     rows = [(p, c, encode_prompt(tok, m) + cids, len(cids))
             for p, m in enumerate(prompts) for c, cids in enumerate(choice_ids)]
     out = torch.full((len(prompts), len(choices)), float("-inf"))
