@@ -64,9 +64,10 @@ def score_and_generate(model, tok, prompts: Sequence[list[Message]], choices: Se
     choice_ids = _choice_ids(tok, choices)
     encoded = [encode_prompt(tok, m) for m in prompts]
     new_ids: dict[int, list[int]] = {}
-    spent = [0.0]
+    spent = 0.0  # seconds decoding
 
     def generate(idx: list[int], logits, cache, attn, start) -> None:
+        nonlocal spent
         rows = [r for r, i in enumerate(idx) if i < sample]
         if not rows:
             return
@@ -76,12 +77,12 @@ def score_and_generate(model, tok, prompts: Sequence[list[Message]], choices: Se
                      pad=tok.pad_token_id, stop=stop, max_new_tokens=max_new_tokens)
         for r, row in zip(rows, new.tolist(), strict=True):
             new_ids[idx[r]] = row
-        spent[0] += time.perf_counter() - t0
+        spent += time.perf_counter() - t0
 
     scores = score_encoded(model, encoded, choice_ids, tok.pad_token_id, batch_size, quiet,
                            on_prefill=generate)
     replies = [reply(tok, new_ids[i], stop) for i in range(min(sample, len(encoded)))]
-    return scores, [t for t, _ in replies], [n for _, n in replies], spent[0]
+    return scores, [t for t, _ in replies], [n for _, n in replies], spent
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ def embed(texts: list[str], batch_size: int = 64, progress: bool = False,
     `recent=False` (a timed embedding: its cost must be its own)."""
     if not texts:
         return np.zeros((0, DIM), dtype=np.float32)
-    if len(texts) > RECENT_MAX or not recent:  # too many to keep: embed them as they come
+    if len(texts) > RECENT_MAX or not recent:  # too many to keep, or timed: embed them all
         return _encode(list(texts), batch_size, progress)
     for t in texts:  # used now: the last to be dropped
         if t in _RECENT:
