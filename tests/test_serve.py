@@ -23,6 +23,7 @@ from tuneloop.registry.registry import Registry
 from tuneloop.serve.app import ServeSettings, create_app
 from tuneloop.serve.engine import ModelPool, Params
 from tuneloop.serve.guard import check_bind
+from tuneloop.serve.prefixes import PrefixStore, template_prefix
 from tuneloop.serve.store import TrafficStore
 
 MSG = [{"role": "system", "content": "Answer briefly."},
@@ -243,6 +244,54 @@ def test_concurrent_greedy_requests_are_batched_with_the_same_answers(served):
     assert pool.stats["largest_batch"] >= 2 and pool.stats["largest_batch"] >= before
     assert [(g.text, g.completion_tokens, g.finish_reason) for g in together] == \
         [(g.text, g.completion_tokens, g.finish_reason) for g in alone]
+
+
+def test_the_template_prefix_runs_once_per_server_and_answers_stay_the_same(served, monkeypatch):
+    import tuneloop.serve.prefixes as prefixes
+
+    pool = served["pool"]
+    h = pool.handle("v1")
+    rows = [pool.chat_prompt(h, [("user", m)]) for m in
+            ("where is my card", "what is the exchange rate today, and tomorrow?", "hi")]
+    # The reference: transformers' generate on each prompt alone, no kept cache.
+    reference = [pool.generate_rows(h, [r], [Params(max_tokens=6)])[0].text for r in rows]
+    made = []
+    real = prefixes.prefix_cache
+    monkeypatch.setattr(prefixes, "prefix_cache", lambda *a: made.append(len(a[1])) or real(*a))
+    monkeypatch.setattr(prefixes, "MIN_TOKENS", 4)  # the tiny template's prefix is 5 tokens
+    pool.prefixes = PrefixStore()
+    alone = [pool.generate(h, r, Params(max_tokens=6)).text for r in rows]
+    with pool.lock:  # queue all three behind the lock: they run as one batch
+        futures = [pool.submit(h, r, Params(max_tokens=6)) for r in rows]
+    together = [f.result(timeout=60).text for f in futures]
+    assert alone == reference and together == reference
+    template = template_prefix(h.loaded.tok)
+    assert len(template) >= prefixes.MIN_TOKENS and all(r[:len(template)] == template for r in rows)
+    assert made == [len(template)]  # computed for the first request, reused by the rest
+    assert pool.prefixes.hits == 3
+
+
+def test_prefix_store_keeps_the_longest_shared_prefix_per_version():
+    store = PrefixStore(keep=2)
+    tok = type("Tok", (), {})()
+    store._templates = {"v1": [], "v2": []}  # no template prefix: batches teach the store
+    made = []
+    import tuneloop.serve.prefixes as prefixes
+
+    real = prefixes.prefix_cache
+    try:
+        prefixes.prefix_cache = lambda _m, ids, _d: made.append(tuple(ids)) or f"cache{len(made)}"
+        system = list(range(100, 120))
+        a, b = system + [1, 2], system + [3, 4, 5]
+        assert store.for_batch("v1", tok, None, [a, b], "cpu") == (20, "cache1")
+        assert store.for_batch("v1", tok, None, [b], "cpu") == (20, "cache1")  # a lone row reuses it
+        assert store.for_batch("v2", tok, None, [a, b], "cpu") == (20, "cache2")  # per version
+        assert store.for_batch("v1", tok, None, [[1, 2, 3], [1, 2, 4]], "cpu") == (2, None)  # too short
+        store.for_batch("v1", tok, None, [system + [9] * 10 + [1], system + [9] * 10 + [2]], "cpu")
+        assert len(store._caches) == 2 and ("v1", tuple(system)) not in store._caches  # LRU out
+    finally:
+        prefixes.prefix_cache = real
+    assert made == [tuple(system), tuple(system), tuple(system + [9] * 10)]
 
 
 def test_serve_command_refuses_public_bind_without_key_and_empty_registry(tmp_path, tiny_model, monkeypatch):

@@ -10,7 +10,6 @@ lives in models/generate.py.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from tuneloop.models.generate import (
     cache_kwarg,
     common_prefix_len,
     decode,
+    detached,
     model_device,
     pad_batch,
     positions,
@@ -186,12 +186,10 @@ def _score_pairs(model, cache, attn, start, pick: torch.Tensor, first: torch.Ten
 
 
 def _rows_of(cache, rows: torch.Tensor):
-    """A cache holding only `rows` of `cache`, which stays as it is. Shallow copies of the
-    cache and its layers, whose tensors batch_select_indices replaces (not edits) with the
-    rows: a deep copy would first duplicate every row of every layer, measured 2.4x slower
-    end to end with 77 labels."""
-    own = copy.copy(cache)
-    own.layers = [copy.copy(layer) for layer in cache.layers]
+    """A cache holding only `rows` of `cache`, which stays as it is (models.generate.detached:
+    a deep copy would first duplicate every row of every layer, measured 2.4x slower end to
+    end with 77 labels)."""
+    own = detached(cache)
     own.batch_select_indices(rows)
     return own
 

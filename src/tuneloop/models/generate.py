@@ -9,6 +9,7 @@ with this module, so a served answer is the answer that was measured.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 
@@ -16,8 +17,15 @@ import torch
 
 from tuneloop.console import progress
 from tuneloop.errors import TuneloopError
+from tuneloop.models.packed import packable, packed_prefill, padding_share
 from tuneloop.models.tokens import encode_prompt, end_of_turn_id
 from tuneloop.records import Message
+
+# Packed prefill (models.packed) pays where a batch is small and ragged, as the server's are:
+# from this share of padding on, up to this many remainder tokens (its attention mask grows
+# with their square; evaluation's length-sorted batches of ~2,000 tokens stay padded).
+PACK_MIN_PADDING = 0.15
+PACK_MAX_TOKENS = 512
 
 
 def model_device(model) -> torch.device:
@@ -86,22 +94,45 @@ def common_prefix_len(seqs: Sequence[list[int]]) -> int:
     return max(n, 0)
 
 
-def prefill(model, seqs: list[list[int]], shared: int, pad: int, dev, keep: int = 1):
-    """Run a batch of prompts: their shared prefix once (batch 1, cache repeated per row), then
-    the left-padded remainders. Returns the logits of the last `keep` positions (b, keep, V),
-    cache, attention mask, next positions.
+def detached(cache):
+    """A copy of a KV cache that forward passes can extend, select rows of or repeat without
+    touching the original: shallow copies of the cache and its layers, whose tensors those
+    operations replace rather than edit (a deep copy would duplicate every tensor first)."""
+    own = copy.copy(cache)
+    own.layers = [copy.copy(layer) for layer in cache.layers]
+    return own
 
-    With left padding every row ends at the right edge, so the last `keep` columns are each
-    row's last `keep` tokens (fewer where a row is shorter: the rest is padding).
+
+def prefix_cache(model, ids: list[int], dev):
+    """The batch-1 KV cache of a prompt prefix (reuse it through prefill's `prefix`)."""
+    return cache_of(model(input_ids=torch.tensor([ids], device=dev), use_cache=True,
+                          logits_to_keep=1))
+
+
+def prefill(model, seqs: list[list[int]], shared: int, pad: int, dev, keep: int = 1,
+            prefix=None):
+    """Run a batch of prompts: their shared prefix once (batch 1; `prefix`, when given, is its
+    cache, kept as it is), then the remainders. Returns the logits of the last `keep`
+    positions (b, keep, V), cache, attention mask, next positions.
+
+    Remainders run left-padded, or packed without padding (models.packed) when padding
+    would be a large share of a small batch. With left padding every row ends at the right
+    edge, so the last `keep` columns are each row's last `keep` tokens (fewer where a row is
+    shorter: the rest is padding).
     """
     b = len(seqs)
-    ids, attn = pad_batch([q[shared:] for q in seqs], pad, "left")
+    cache = None
+    if shared:
+        cache = detached(prefix) if prefix is not None else prefix_cache(model, seqs[0][:shared], dev)
+    rests = [q[shared:] for q in seqs]
+    lens = [len(r) for r in rests]
+    if keep == 1 and b > 1 and sum(lens) <= PACK_MAX_TOKENS \
+            and padding_share(lens) >= PACK_MIN_PADDING and packable(model):
+        return packed_prefill(model, rests, shared, dev, cache, cache_kwarg(model))
+    ids, attn = pad_batch(rests, pad, "left")
     ids, attn = ids.to(dev), attn.to(dev)
     extra = {}
-    if shared:
-        pre = model(input_ids=torch.tensor([seqs[0][:shared]], device=dev), use_cache=True,
-                    logits_to_keep=1)
-        cache = cache_of(pre)
+    if cache is not None:
         cache.batch_repeat_interleave(b)
         extra = {cache_kwarg(model): cache}
         attn = torch.cat([torch.ones(b, shared, dtype=attn.dtype, device=dev), attn], dim=1)
@@ -115,9 +146,10 @@ def prefill(model, seqs: list[list[int]], shared: int, pad: int, dev, keep: int 
 
 
 def greedy_ids(model, seqs: list[list[int]], shared: int, pad: int, dev, stop: list[int],
-               max_new_tokens: int) -> torch.Tensor:
-    """Greedy decoding of a batch with the KV cache; finished rows emit pad. (b, steps) ids."""
-    logits, cache, attn, pos = prefill(model, seqs, shared, pad, dev)
+               max_new_tokens: int, prefix=None) -> torch.Tensor:
+    """Greedy decoding of a batch with the KV cache; finished rows emit pad. (b, steps) ids.
+    `prefix`: the cache of the `shared` tokens, when the caller keeps one (prefill)."""
+    logits, cache, attn, pos = prefill(model, seqs, shared, pad, dev, prefix=prefix)
     return decode(model, logits[:, -1], cache, attn, pos, pad, stop, max_new_tokens)
 
 

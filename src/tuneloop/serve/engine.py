@@ -5,11 +5,12 @@ promotion takes effect without a restart) or `base`. Adapters are loaded on firs
 peft's `load_adapter` and switched with `set_adapter`; a full fine-tune gets its own model.
 Generation is not thread-safe (the active adapter is model state), so one lock serialises it.
 Greedy requests are micro-batched: those that arrive while a batch runs are generated together
-as the next (left-padded) batch per model version, with the decoder evaluation uses
-(models.generate; the prompt prefix all rows share is run once), so concurrent clients share
-the forward passes instead of queueing one by one; a batch waits briefly for the company of
-the last one (_gather). Sampled, seeded, stop-string and streamed
-requests run alone through transformers' `generate`.
+as the next batch per model version, with the decoder evaluation uses (models.generate), so
+concurrent clients share the forward passes instead of queueing one by one. A batch waits
+briefly for the company of the last one (_gather); the prompt prefix its rows share runs once
+per server, not per batch (serve.prefixes); ragged prompts run packed, without padding
+(models.packed). Sampled, seeded, stop-string and streamed requests run alone through
+transformers' `generate`.
 
 Nothing a request asks for can hold the model past its deadline (`Params.deadline`): waiting
 for the lock is bounded by it, generation stops at the next token once it passes (finish
@@ -36,7 +37,6 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tuneloop.errors import TuneloopError
 from tuneloop.models.generate import (
-    common_prefix_len,
     greedy_ids,
     model_device,
     pad_batch,
@@ -46,6 +46,7 @@ from tuneloop.models.load import chat_tokenizer, choose_placement, load_model, r
 from tuneloop.models.tokens import encode_prompt
 from tuneloop.records import Message
 from tuneloop.registry.registry import REF_RE, Registry, check_safetensors
+from tuneloop.serve.prefixes import PrefixStore
 from tuneloop.serve.stream import StreamJob
 
 BASE = "base"
@@ -182,10 +183,11 @@ class ModelPool:
         self._batcher: threading.Thread | None = None
         self._batcher_lock = threading.Lock()
         self._last_batch = 1  # requests in the last batch: how many to wait for (_gather)
-        self.stats = {"batches": 0, "batched_requests": 0, "largest_batch": 0}
+        self.stats = {"batches": 0, "batched_requests": 0, "largest_batch": 0, "prefix_reused": 0}
         self._stops: dict[int, list[int]] = {}  # id(tokenizer) -> stop ids; tokenizers live as long
         self.closing = threading.Event()  # set by close(): every generation stops at its next token
         self._failures: dict[str, tuple[str, str, float]] = {}  # version -> (class, message, when)
+        self.prefixes = PrefixStore()  # prompt prefixes' KV caches, kept between batches
 
     def close(self) -> None:
         """Stop every running and queued generation (server shutdown)."""
@@ -385,11 +387,11 @@ class ModelPool:
         return Generation("", len(prompt), 0, self._forced(True) or "timeout", h.version)
 
     def _greedy_batch(self, h: Handle, rows: list[list[int]], ps: list[Params]) -> list[Generation]:
-        """The batcher's decoder: evaluation's greedy loop, which runs the prompt prefix every
-        row shares (chat template, system turn) once and reuses its KV cache."""
+        """The batcher's decoder: evaluation's greedy loop. The prompt prefix every row shares
+        (chat template, system turn) runs once per server, not per batch (serve.prefixes),
+        and a ragged batch's prompts run packed, without padding (models.packed)."""
         tok = h.loaded.tok
         eos = self._stop_ids(tok)
-        shared = common_prefix_len(rows) if len(rows) > 1 else 0
 
         def check(_module, _args) -> None:  # before every forward pass: is anyone still waiting?
             if self.closing.is_set() or all(q.expired() for q in ps):
@@ -401,8 +403,10 @@ class ModelPool:
                 hook = h.loaded.model.register_forward_pre_hook(check)
                 try:
                     with self._activate(h), self._autocast(), torch.no_grad():
+                        shared, prefix = self.prefixes.for_batch(h.version, tok, h.loaded.model,
+                                                                 rows, dev)
                         new = greedy_ids(h.loaded.model, rows, shared, tok.pad_token_id, dev, eos,
-                                         max(q.max_tokens for q in ps))
+                                         max(q.max_tokens for q in ps), prefix)
                 finally:
                     hook.remove()
         except (_Abort, DeadlineExceeded):
@@ -492,6 +496,7 @@ class ModelPool:
                 self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
                 try:
                     gens = self._greedy_batch(group[0][0], [j[1] for j in group], [j[2] for j in group])
+                    self.stats["prefix_reused"] = self.prefixes.hits
                 except BaseException as e:  # the waiting requests get the error, the loop lives on
                     for j in group:
                         j[3].set_exception(e)
