@@ -34,10 +34,11 @@ def _prompts(n: int) -> list[list[Message]]:
     return [[Message("user", "where is my card " * (i % 4 + 1) + str(i))] for i in range(n)]
 
 
-def test_shared_prefix_scoring_equals_full_sequences(tiny):
+@pytest.mark.parametrize("batch_size", [4, 1])  # 1: several batches reuse one prefix cache
+def test_shared_prefix_scoring_equals_full_sequences(tiny, batch_size):
     model, tok = tiny
     labels = ["card_arrival", "exchange_rate", "yes", "no maybe"]
-    fast = score_choices(model, tok, _prompts(9), labels, batch_size=4, exact=True)
+    fast = score_choices(model, tok, _prompts(9), labels, batch_size=batch_size, exact=True)
     slow = score_choices_naive(model, tok, _prompts(9), labels, batch_size=5)
     assert fast.shape == (9, 4)
     assert torch.allclose(fast, slow, atol=1e-4)

@@ -390,8 +390,8 @@ def test_batcher_waits_for_the_company_of_the_last_batch_only():
                 pool._queue.put("job")
         threading.Thread(target=later).start()
 
-    pool._queue.put("job")
-    arrive(1, 0.01)
+    arrive(1, 0.05)  # the lone client's next request, into an empty queue
+    arrive(1, 0.07)
     assert len(pool._gather()) == 1  # last batch was 1: no waiting for the straggler
     pool._queue.get(timeout=1)
     pool._last_batch = 3
@@ -403,6 +403,13 @@ def test_batcher_waits_for_the_company_of_the_last_batch_only():
     assert len(pool._gather()) == 1  # nobody else came: gone after the window
     assert GATHER_S <= time.monotonic() - t0 < 1.0
     assert pool._last_batch == 1
+    # Two alternating halves (4 queued while a batch of 4 ran) merge: the batch waits for the
+    # 4 queued and the 4 that were just answered.
+    pool._last_batch = 4
+    for _ in range(4):
+        pool._queue.put("job")
+    arrive(4, GATHER_S / 5)
+    assert len(pool._gather()) == 8
 
 
 def test_stop_check_decodes_only_the_tail():

@@ -4,7 +4,7 @@ Classification scores each label as a complete answer: log p(label + end-of-turn
 so "card" cannot win over "card_arrival" by being a prefix. The prompt is run once per example
 and its KV cache is shared by every label continuation (a 10-label task costs about one prompt
 pass, not ten); the token prefix that all prompts share (chat template, system turn,
-instruction and label list) runs once per batch (models.generate.prefill). Greedy generation
+instruction and label list) runs once per call (models.generate.prefill's `prefix`). Greedy generation
 lives in models/generate.py.
 """
 
@@ -26,6 +26,7 @@ from tuneloop.models.generate import (
     pad_batch,
     positions,
     prefill,
+    prefix_cache,
     reply,
     stop_ids,
 )
@@ -107,11 +108,12 @@ def score_encoded(model, prompts: list[list[int]], choice_ids: list[list[int]], 
     out = torch.full((len(prompts), n_c), float("-inf"))
     dev = model_device(model)
     first_ids = torch.tensor([c[0] for c in choice_ids], device=dev)
+    prefix = prefix_cache(model, prompts[0][:shared], dev) if shared else None  # once, not per batch
     with progress(quiet) as bar:
         task = bar.add_task("score", total=len(prompts))
         for idx in _token_batches(order, [len(p) - shared for p in prompts], batch_size):
             logits, cache, attn, start = prefill(model, [prompts[i] for i in idx], shared,
-                                                 pad, dev)
+                                                 pad, dev, prefix=prefix)
             logits = logits[:, -1]
             if on_prefill is not None:
                 on_prefill(idx, logits, cache, attn, start)
@@ -263,13 +265,15 @@ def target_nll(model, tok, examples: Sequence[Example], max_len: int = 2048,
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     res: list[tuple[float, int, int]] = [(0.0, 0, 0)] * len(items)
     dev = model_device(model)
+    shared = max(shared, 0)
+    prefix = prefix_cache(model, items[0].input_ids[:shared], dev) if shared else None
     with progress(quiet) as bar:
         task = bar.add_task("nll", total=len(items))
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             keep = max(len(items[i].input_ids) - first[i] + 1 for i in idx)
-            logits, *_ = prefill(model, [items[i].input_ids for i in idx], max(shared, 0),
-                                 tok.pad_token_id, dev, keep)
+            logits, *_ = prefill(model, [items[i].input_ids for i in idx], shared,
+                                 tok.pad_token_id, dev, keep, prefix)
             # Next-token targets, left-padded like the rows: column c is scored by logits c.
             lab, _ = pad_batch([items[i].labels[1:] + [IGNORE] for i in idx], IGNORE, "left")
             tgt = lab[:, -keep:].to(dev)

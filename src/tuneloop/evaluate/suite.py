@@ -26,6 +26,7 @@ from tuneloop.evaluate.scoring import PRIMARY, Scored, score
 from tuneloop.evaluate.systems import SystemOutput, run_embedding, run_llm, run_retrieval
 from tuneloop.files import write_json
 from tuneloop.models.load import choose_placement, load_model, load_tokenizer_for
+from tuneloop.models.prepack import for_inference
 from tuneloop.records import label_set
 from tuneloop.runs import load_run_model
 from tuneloop.train.recipe import train
@@ -94,7 +95,7 @@ def run_eval(target: str | Path, baselines: str | None = None, seeds: int | None
         hits = _retrieve_chunks(cfg, examples, timings)
     if {"zero_shot", "few_shot", "rag"} & set(names):
         path, tok = load_tokenizer_for(cfg.model.name)
-        base = load_model(path, placement).eval()
+        base = for_inference(load_model(path, placement).eval(), placement)
         if "zero_shot" in names:
             outputs["zero_shot"] = run_llm("zero_shot", base, tok, cfg, examples,
                                            [prompted(e, cfg.task) for e in examples], validation,
@@ -119,6 +120,7 @@ def run_eval(target: str | Path, baselines: str | None = None, seeds: int | None
     seed_scores: list[Scored] = []
     for i, r in enumerate(runs):
         model, tok, _ = load_run_model(r, placement, merge=True)
+        for_inference(model, placement)
         o = run_llm("finetuned", model, tok, cfg, examples,
                     [e.prompt_messages for e in examples], validation, free_generation, quiet)
         if i == 0:

@@ -2,7 +2,8 @@
 
 Generation is greedy, left-padded, length-sorted and stops at the template's end-of-turn
 token. The token prefix that all prompts share (chat template, system turn, instruction and
-label list) is run once per batch, not once per example: on a CPU, prompt prefill is the cost
+label list) is run once per call (its KV cache reused by every batch through prefill's
+`prefix`), not once per example: on a CPU, prompt prefill is the cost
 (benchmarks/eval_speed.py). Evaluation, the server's micro-batcher and `select` all decode
 with this module, so a served answer is the answer that was measured.
 """
@@ -195,12 +196,13 @@ def generate_with_counts(model, tok, prompts: Sequence[list[Message]], max_new_t
     counts: list[int] = [0] * len(encoded)
     dev = model_device(model)
     pad = tok.pad_token_id
+    prefix = prefix_cache(model, encoded[0][:shared], dev) if shared else None
     with progress(quiet) as bar:
         task = bar.add_task("generate", total=len(encoded))
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             new = greedy_ids(model, [encoded[i] for i in idx], shared, pad, dev, stop,
-                             max_new_tokens)
+                             max_new_tokens, prefix)
             for r, i in enumerate(idx):
                 results[i], counts[i] = reply(tok, new[r].tolist(), stop)
             bar.advance(task, len(idx))

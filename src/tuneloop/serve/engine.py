@@ -43,6 +43,7 @@ from tuneloop.models.generate import (
     stop_ids,
 )
 from tuneloop.models.load import chat_tokenizer, choose_placement, load_model, resolve_model
+from tuneloop.models.prepack import for_inference
 from tuneloop.models.tokens import encode_prompt
 from tuneloop.records import Message
 from tuneloop.registry.registry import REF_RE, Registry, check_safetensors
@@ -260,8 +261,7 @@ class ModelPool:
             if Path(path).is_dir():
                 check_safetensors(Path(path))
             tok = chat_tokenizer(path)
-            model = load_model(path, self.placement)
-            model.eval()
+            model = for_inference(load_model(path, self.placement).eval(), self.placement)
             self._bases[path] = _Loaded(model, tok)
         return self._bases[path]
 
@@ -297,8 +297,8 @@ class ModelPool:
         check_safetensors(v.weights_dir)
         tok = chat_tokenizer(str(v.path / "tokenizer"))
         if v.kind == "model":  # a full fine-tune: its own weights
-            model = load_model(str(v.weights_dir), self.placement)
-            model.eval()
+            model = for_inference(load_model(str(v.weights_dir), self.placement).eval(),
+                                  self.placement)
             return Handle(vid, _Loaded(model, tok), None)
         # why: importing peft writes os.environ (TORCHINDUCTOR_CACHE_DIR); importing this module
         # must not, so peft loads with the first adapter.
@@ -453,14 +453,19 @@ class ModelPool:
 
     def _gather(self) -> list:
         """The next batch: the first queued request, every one already waiting, and, when the
-        last batch had company, those that arrive within GATHER_S until as many are back.
+        last batch had company, those that arrive within GATHER_S until its requests are back.
 
         Clients that were answered together send their next requests a few milliseconds
         apart; a batch that starts with the first of them leaves the rest to wait for its
         whole run (measured: p50 2.7 s at 8 clients for an 8-token reply, against about one
-        batch time when they run together). A lone client never waits: last batch was 1.
+        batch time when they run together). Requests that queued while the last batch ran
+        come from other clients, so the batch waits for those and the last batch's: else 8
+        clients settle into two alternating batches of 4, each waiting for the other
+        (measured: p50 1.06 s against 0.76 s). A lone client never waits: last batch was 1.
         """
+        queued = self._queue.qsize()  # arrived while the last batch ran
         jobs = [self._queue.get()]
+        expect = min(self.max_batch, queued + self._last_batch)
         until = time.monotonic() + GATHER_S
         while len(jobs) < self.max_batch:
             try:
@@ -469,7 +474,7 @@ class ModelPool:
             except queue.Empty:
                 pass
             left = until - time.monotonic()
-            if len(jobs) >= self._last_batch or left <= 0:
+            if len(jobs) >= expect or left <= 0:
                 break
             try:
                 jobs.append(self._queue.get(timeout=left))
