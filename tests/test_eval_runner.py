@@ -112,18 +112,35 @@ def test_target_nll_equals_full_sequences(tiny):
         assert count == int(keep.sum()) and nll == pytest.approx(float(ref), rel=1e-4)
 
 
-def test_generation_from_the_scoring_pass_equals_separate_generation(tiny):
-    model, tok = tiny
+def test_generation_from_the_scoring_pass_equals_separate_generation(learnable_model, monkeypatch):
+    from tuneloop.evaluate import runner
+    from tuneloop.models import generate as gen
+    from tuneloop.models.load import load_model, load_tokenizer
+    from tuneloop.models.tokens import ensure_template
+
+    # The larger-weight tiny model: its replies depend on the prompt (the default one's are
+    # one token repeated whatever it reads, which would hide a broken cache).
+    tok = load_tokenizer(str(learnable_model))
+    ensure_template(tok)
+    model = load_model(str(learnable_model)).eval()
+    # The raw new token ids, not their text: the random model's tokens decode to "".
+    for module in (runner, gen):
+        monkeypatch.setattr(module, "reply", lambda _tok, ids, _stop: (str(ids), len(ids)))
     prompts, labels = _prompts(9), ["card_arrival", "exchange_rate", "yes"]
     grad = []  # autograd on in the forward passes would keep every activation (it did: 24 GB)
     hook = model.register_forward_pre_hook(lambda *_: grad.append(torch.is_grad_enabled()))
+    merged = []  # widths of the scoring batches whose sampled rows were decoded together
+    take = runner._Pending.take
+    monkeypatch.setattr(runner._Pending, "take",
+                        lambda self: merged.append([p[3].shape[1] for p in self.parts]) or take(self))
     try:
         scores, texts, counts, _ = score_and_generate(model, tok, prompts, labels, sample=5,
-                                                      max_new_tokens=6, batch_size=2)
+                                                      max_new_tokens=6, batch_size=1)
     finally:
         hook.remove()
     assert grad and not any(grad)
-    assert torch.equal(scores, score_choices(model, tok, prompts, labels, batch_size=2))
+    assert any(len(set(widths)) > 1 for widths in merged)  # rows of unlike batches decoded together
+    assert torch.equal(scores, score_choices(model, tok, prompts, labels, batch_size=1))
     assert (texts, counts) == generate_with_counts(model, tok, prompts[:5], 6, batch_size=3)
     none = score_and_generate(model, tok, prompts, labels, sample=0, max_new_tokens=6)
     assert none[1:3] == ([], [])

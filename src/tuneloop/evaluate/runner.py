@@ -60,30 +60,99 @@ def score_and_generate(model, tok, prompts: Sequence[list[Message]], choices: Se
     """score_choices, plus greedy replies for the first `sample` prompts decoded from the same
     prompt pass (its KV cache and last logits): free generation then costs its new tokens only,
     not a second prefill of the prompt. Returns scores, replies, tokens each reply used, and
-    the seconds spent decoding."""
+    the seconds spent decoding.
+
+    The sampled prompts are spread over the length-sorted scoring batches, a few in each; their
+    caches are set aside (_Pending) and decoded together, up to 4 x batch_size rows at a time:
+    one decoding loop per batch cost 3.9 s of a 27 s zero-shot evaluation on 500 messages.
+    """
     stop = stop_ids(tok)
     choice_ids = _choice_ids(tok, choices)
     encoded = [encode_prompt(tok, m) for m in prompts]
     new_ids: dict[int, list[int]] = {}
     spent = 0.0  # seconds decoding
+    pending = _Pending(common_prefix_len(encoded))  # the prefix score_encoded runs once
+
+    def flush() -> None:
+        nonlocal spent
+        t0 = time.perf_counter()
+        idx, logits, cache, attn, start = pending.take()
+        new = decode(model, logits, cache, attn, start, pad=tok.pad_token_id, stop=stop,
+                     max_new_tokens=max_new_tokens)
+        new_ids.update(zip(idx, new.tolist(), strict=True))
+        spent += time.perf_counter() - t0
 
     def generate(idx: list[int], logits, cache, attn, start) -> None:
-        nonlocal spent
         rows = [r for r, i in enumerate(idx) if i < sample]
-        if not rows:
-            return
-        t0 = time.perf_counter()
-        sel = torch.tensor(rows, device=attn.device)
-        new = decode(model, logits[sel], _rows_of(cache, sel), attn[sel], start[sel],
-                     pad=tok.pad_token_id, stop=stop, max_new_tokens=max_new_tokens)
-        for r, row in zip(rows, new.tolist(), strict=True):
-            new_ids[idx[r]] = row
-        spent += time.perf_counter() - t0
+        if rows:
+            pending.add([idx[r] for r in rows], torch.tensor(rows, device=attn.device), logits,
+                        cache, attn, start)
+            if pending.rows >= 4 * batch_size or not pending.mergeable:
+                flush()
 
     scores = score_encoded(model, encoded, choice_ids, tok.pad_token_id, batch_size, quiet,
                            on_prefill=generate)
+    if pending.rows:
+        flush()
     replies = [reply(tok, new_ids[i], stop) for i in range(min(sample, len(encoded)))]
     return scores, [t for t, _ in replies], [n for _, n in replies], spent
+
+
+class _Pending:
+    """Rows of several prompt passes set aside to decode as one batch: each keeps its last
+    logits, next position and its cache after the shared prefix (copied out, so the batch's
+    cache can go); take() left-pads them to one width behind the prefix, as prefill lays
+    out a batch. Only for caches of plain full-attention layers; otherwise (`mergeable`
+    False) each pass's rows are taken alone."""
+
+    def __init__(self, shared: int):
+        self.shared, self.rows, self.mergeable = shared, 0, True
+        self.parts: list[tuple] = []
+        self.template = None  # a cache object to fill (its prefix columns are everyone's)
+
+    def add(self, idx: list[int], sel: torch.Tensor, logits, cache, attn, start) -> None:
+        self.mergeable = all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+        if not self.mergeable:
+            self.parts.append((idx, logits[sel], _rows_of(cache, sel), attn[sel], start[sel]))
+        else:
+            s = self.shared
+            if self.template is None:
+                self.template = _rows_of(cache, sel[:1])
+                for layer in self.template.layers:
+                    layer.keys, layer.values = layer.keys[:, :, :s].clone(), layer.values[:, :, :s].clone()
+            kv = [(layer.keys[sel, :, s:], layer.values[sel, :, s:]) for layer in cache.layers]
+            self.parts.append((idx, logits[sel], kv, attn[sel, s:], start[sel]))
+        self.rows += len(idx)
+
+    def take(self):
+        """(prompt indices, logits, cache, mask, next positions) of every row set aside."""
+        parts, self.parts, self.rows = self.parts, [], 0
+        idx = [i for p in parts for i in p[0]]
+        logits, start = torch.cat([p[1] for p in parts]), torch.cat([p[4] for p in parts])
+        if not self.mergeable:
+            assert len(parts) == 1
+            return idx, logits, parts[0][2], parts[0][3], start
+        width = max(p[3].shape[1] for p in parts)
+        n, s = len(idx), self.shared
+        attn = torch.cat([_left_pad(p[3], width) for p in parts])
+        attn = torch.cat([torch.ones(n, s, dtype=attn.dtype, device=attn.device), attn], dim=1)
+        cache = detached(self.template)
+        for k, layer in enumerate(cache.layers):
+            for name, j in (("keys", 0), ("values", 1)):
+                rest = torch.cat([_left_pad(p[2][k][j], width, dim=2) for p in parts])
+                head = getattr(self.template.layers[k], name).expand(n, -1, -1, -1)
+                setattr(layer, name, torch.cat([head, rest], dim=2))
+        return idx, logits, cache, attn, start
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int = 1) -> torch.Tensor:
+    """`t` with zeros before it along `dim` up to `width` (masked slots: their value is unused)."""
+    missing = width - t.shape[dim]
+    if not missing:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
 @torch.no_grad()
