@@ -9,6 +9,7 @@ import numpy as np
 
 from tuneloop.models.catalog import embedder_path
 from tuneloop.models.cpu import cpu_has_bf16
+from tuneloop.models.prepack import prepack_linears
 
 DIM = 384  # all-MiniLM-L6-v2 output size; lets callers shape empty results without loading
 # Texts embedded lately, kept so one command embeds each text once: `tuneloop eval` embeds the
@@ -25,7 +26,11 @@ def _model():
     from sentence_transformers import SentenceTransformer
 
     # A local folder and local_files_only: no hub access, and no process-wide offline switch.
-    return SentenceTransformer(str(embedder_path()), device="cpu", local_files_only=True)
+    model = SentenceTransformer(str(embedder_path()), device="cpu", local_files_only=True)
+    # Inference only: fp32 matmuls through reordered weights (models.prepack); under bf16
+    # autocast (_encode) the layers go through nn.Linear as before.
+    prepack_linears(model)
+    return model
 
 
 def embed(texts: list[str], batch_size: int = 64, progress: bool = False,
