@@ -8,7 +8,8 @@ with the defaults), trains a LoRA run with `tuneloop train` (timed apart: it is 
 the target), then times `tuneloop eval RUN --json` in its own process, as typed: the default
 systems for classification (zero_shot, few_shot, embedding_classifier) and the fine-tune, on
 `--test` held-out messages. Prints each system's accuracy and seconds and, last,
-`eval_wall_s= systems= examples= labels= cpu_kind= isa_capped=`.
+`eval_wall_s= systems= examples= labels= cpu_kind= isa_capped= matmul_gflops=` (the fp32
+matmul rate of the machine before and after the eval: the same VM varies by 10%).
 
 Data (read from ../shared/data, never downloaded):
 - banking77: all 77 intents (the hardest case: 77 labels in every base-model prompt),
@@ -89,6 +90,20 @@ def write_project(folder: Path, train: list, test: list) -> None:
         "output: {dir: runs}\n", encoding="utf-8")
 
 
+def matmul_gflops(seconds: float = 1.0) -> float:
+    """fp32 matmul throughput right now, on the eval's largest prompt-pass shape: this shared
+    VM's speed varies by 10% from hour to hour, so each wall time is printed with it."""
+    import torch
+
+    x, w = torch.randn(2048, 576), torch.randn(1536, 576)
+    torch.nn.functional.linear(x, w)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.nn.functional.linear(x, w)
+        n += 1
+    return 2 * 2048 * 576 * 1536 * n / (time.perf_counter() - t0) / 1e9
+
+
 def run_json(args: list[str]) -> tuple[dict, float]:
     t0 = time.perf_counter()
     proc = subprocess.run(TUNELOOP + args + ["--json", "--quiet"], capture_output=True,
@@ -129,14 +144,17 @@ def main() -> None:
         run = Path(summary["run_dir"])
         print(f"trained {summary['steps']} steps in {train_wall:.0f} s (not part of the target)",
               flush=True)
+    speed = matmul_gflops()
     res, wall = run_json(["eval", str(run)])
+    speed = (speed + matmul_gflops()) / 2
     for name, s in res["systems"].items():
         acc = s["metrics"]["accuracy"]
         secs = s["cost"]["latency_s_per_example"] * res["examples"]
         print(f"  {name:22s} accuracy {acc['value']:.3f} [{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}]"
               f"  {secs:6.1f} s scoring")
     print(f"eval_wall_s={wall:.1f} systems={len(res['systems'])} examples={res['examples']} "
-          f"labels={len(labels)} cpu_kind={cpu_kind()} isa_capped={isa_capped()}")
+          f"labels={len(labels)} cpu_kind={cpu_kind()} isa_capped={isa_capped()} "
+          f"matmul_gflops={speed:.0f}")
     if tmp:
         tmp.cleanup()
 

@@ -10,7 +10,8 @@ Each side gets the same prompt token ids (no BOS added) and returns token ids: t
 alone, without tokenizing, HTTP or the traffic log (serve_load.py measures the server).
 
   (a) tuneloop: models.generate.greedy_ids on one prompt, the base SmolLM2-135M-Instruct at
-      the placement `tuneloop serve` uses (choose_placement("auto", "fp32")), in process;
+      the placement `tuneloop serve` uses (choose_placement("auto", "fp32"), reordered fp32
+      weights, the template prefix's cache kept between requests), in process;
   (b) llama.cpp (llama-cpp-py-sync, see benchmarks/_llamacpp.py) on the F16 and Q8_0 GGUF
       that `tuneloop export --format gguf` writes of the same model, one request at a time;
   (c) both with --batch prompts decoded together: tuneloop's greedy_ids on a batch with its
@@ -100,10 +101,12 @@ def measure(args, folder: Path) -> None:
 
     torch.set_num_threads(args.threads)
     from tuneloop.models.cpu import cpu_kind
-    from tuneloop.models.generate import common_prefix_len, greedy_ids, model_device, stop_ids
+    from tuneloop.models.generate import greedy_ids, model_device, stop_ids
     from tuneloop.models.load import chat_tokenizer, choose_placement, load_model, resolve_model
+    from tuneloop.models.prepack import for_inference
     from tuneloop.models.tokens import encode_prompt
     from tuneloop.records import Message
+    from tuneloop.serve.prefixes import PrefixStore
 
     path = resolve_model(args.model)
     tok = chat_tokenizer(path)
@@ -112,8 +115,9 @@ def measure(args, folder: Path) -> None:
                for t in random.Random(0).sample(texts, min(args.n, len(texts)))]
     stop, pad, k = stop_ids(tok), tok.pad_token_id, args.max_tokens
     placement = choose_placement("auto", "fp32")
-    model = load_model(path, placement).eval()
+    model = for_inference(load_model(path, placement).eval(), placement)  # as the server loads it
     dev = model_device(model)
+    prefixes = PrefixStore()
     print(f"{os.cpu_count()} CPUs ({cpu_kind()}), threads {args.threads}, {args.model} "
           f"{placement.device}/{placement.precision}, {len(prompts)} requests of {k} tokens")
 
@@ -124,8 +128,9 @@ def measure(args, folder: Path) -> None:
 
     @torch.no_grad()
     def tuneloop(rows: list[list[int]]) -> list[list[int]]:
-        shared = common_prefix_len(rows) if len(rows) > 1 else 0  # as the server's batcher
-        return [cut(r) for r in greedy_ids(model, rows, shared, pad, dev, stop, k).tolist()]
+        # As the server's batcher: the template's prefix cache kept between requests.
+        shared, prefix = prefixes.for_batch("base", tok, model, rows, dev)
+        return [cut(r) for r in greedy_ids(model, rows, shared, pad, dev, stop, k, prefix).tolist()]
 
     def agreeing(out: list[list[int]]) -> int:
         return sum(a == b for a, b in zip(out, ref, strict=True))

@@ -21,11 +21,12 @@ starts (rows already there are not counted: only the ids of this run's answers a
 Loopback only, by construction: the server binds 127.0.0.1 and the clients call it there.
 
 Measured 2026-12-01 (quiet 2-core AMD EPYC, avx512_bf16 kind, defaults: fp32, auth on, base
-SmolLM2-135M, 8-token replies): p50/p99 515/637 ms at 1 client, 913/2147 ms at 8, 2672/3629 ms
-at 32; 689 requests, 0 errors, 689 traffic rows (docs/serve.md). ISA capped at AVX2: 543/726,
-994/1936 and 2553/2968 ms. Before the template prefix was kept per server and ragged batches
-ran packed: 603/770, 1299/2588 and 3817/4772 ms; before the batcher waited for the last
-batch's company and serve let OpenMP threads spin briefly: 721/819, 2748/3731, 4370/5034 ms.
+SmolLM2-135M, 8-token replies): p50/p99 478/712 ms at 1 client, 720/1138 ms at 8, 2286/3217 ms
+at 32; 820 requests, 0 errors, 820 traffic rows (docs/serve.md). ISA capped at AVX2: 479/746,
+862/1518 and 2313/3000 ms. Earlier the same day, before the template prefix was kept per
+server, ragged batches ran packed and linears ran on reordered weights: 603/770, 1299/2588
+and 3817/4772 ms; on 2026-11-30, before the batcher waited for company and serve let OpenMP
+threads spin briefly: 721/819, 2748/3731, 4370/5034 ms.
 """
 
 from __future__ import annotations

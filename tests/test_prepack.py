@@ -85,7 +85,13 @@ def test_an_adapter_loaded_later_still_applies(tiny):
     assert hasattr(q.base_layer, "_reordered")  # under the adapter, the base ran reordered
 
 
-def test_only_fp32_cpu_placements_are_reordered(tiny):
+def test_only_fp32_cpu_placements_are_reordered(tiny, monkeypatch):
     for placement, expect in ((Placement("cpu", "bf16"), False), (Placement("cpu", "fp32"), True)):
         model = for_inference(copy.deepcopy(tiny), placement)
         assert ("forward" in vars(model.lm_head)) is expect
+    # Not when the copy would not fit in a quarter of the memory available.
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 1000})())
+    model = for_inference(copy.deepcopy(tiny), Placement("cpu", "fp32"))
+    assert "forward" not in vars(model.lm_head)
