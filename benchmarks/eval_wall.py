@@ -17,10 +17,12 @@ Data (read from ../shared/data, never downloaded):
 - sentiment: the UCI Sentiment Labelled Sentences (amazon, yelp, imdb; 2 labels), the
   first `--test` rows of a seeded shuffle held out, 400 of the rest for training.
 
-Measured 2026-12-01 (2-core AMD EPYC, quiet): sentiment, 500 test, 2 labels, ISA capped at
-AVX2: 198 s (230 s for the same run the same day, before free generation reused the scoring
-pass). banking77, 500 test, 77 labels, 12 training rows per intent, ISA capped: 602 s (719 s
-on 2026-11-30). Target 180 s: not met (docs/evaluate.md).
+Measured 2026-12-01 (2-core AMD EPYC), sentiment, 500 test, 2 labels, ISA capped at AVX2,
+the same trained run throughout: 171 s and 176 s (matmul_gflops 172 and 163); 198 s earlier
+that day, before the free-generation sample was decoded in one batch, the prefix cache kept
+across batches and the weights reordered for oneDNN; 230 s before free generation reused the
+scoring pass. banking77, 77 labels: see docs/evaluate.md. Target 180 s: met with 2 labels,
+not with 77.
 
 To measure an AVX2-only machine on a newer one, cap the kernels' ISA for the whole run:
 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 (the CPU kind

@@ -74,7 +74,7 @@ def few_shot_prompts(examples: Sequence[Example], train: Sequence[Example], k: i
     The instruction (with the label list, for text/label rows) comes once, in the first turn;
     later shots and the query are the bare texts the shots taught the model to answer. Before,
     every shot repeated the label list: with 77 labels, five copies of ~460 tokens per prompt.
-    Now the instruction is a prefix the prompts share, run once per batch (models.generate).
+    Now the instruction is a prefix the prompts share, run once (models.generate).
     """
     picks = retrieve([raw_input(e, task) for e in examples],
                      [raw_input(t, task) for t in train], k)

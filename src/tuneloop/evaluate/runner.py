@@ -323,7 +323,7 @@ def target_nll(model, tok, examples: Sequence[Example], max_len: int = 2048,
     """Per example: (summed NLL in nats of the target tokens, their count, UTF-8 bytes of target).
 
     Bits per byte = sum NLL / ln 2 / bytes: comparable across tokenizers, unlike perplexity.
-    The prefix every example shares (template, system turn, instruction) runs once per batch,
+    The prefix every example shares (template, system turn, instruction) runs once per call,
     and the LM head runs only over each batch's target span: rows are left-padded, so the
     last `keep` columns hold every row's targets.
     """
