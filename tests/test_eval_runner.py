@@ -112,7 +112,9 @@ def test_target_nll_equals_full_sequences(tiny):
         assert count == int(keep.sum()) and nll == pytest.approx(float(ref), rel=1e-4)
 
 
-def test_generation_from_the_scoring_pass_equals_separate_generation(learnable_model, monkeypatch):
+@pytest.mark.parametrize("mergeable", [True, False])  # False: as for Gemma 3's sliding layers
+def test_generation_from_the_scoring_pass_equals_separate_generation(learnable_model, monkeypatch,
+                                                                      mergeable):
     from tuneloop.evaluate import runner
     from tuneloop.models import generate as gen
     from tuneloop.models.load import load_model, load_tokenizer
@@ -129,6 +131,8 @@ def test_generation_from_the_scoring_pass_equals_separate_generation(learnable_m
     prompts, labels = _prompts(9), ["card_arrival", "exchange_rate", "yes"]
     grad = []  # autograd on in the forward passes would keep every activation (it did: 24 GB)
     hook = model.register_forward_pre_hook(lambda *_: grad.append(torch.is_grad_enabled()))
+    if not mergeable:
+        monkeypatch.setattr(runner, "_mergeable", lambda _cache: False)
     merged = []  # widths of the scoring batches whose sampled rows were decoded together
     take = runner._Pending.take
     monkeypatch.setattr(runner._Pending, "take",
@@ -139,7 +143,8 @@ def test_generation_from_the_scoring_pass_equals_separate_generation(learnable_m
     finally:
         hook.remove()
     assert grad and not any(grad)
-    assert any(len(set(widths)) > 1 for widths in merged)  # rows of unlike batches decoded together
+    # Mergeable: rows of unlike batches decoded together; else each batch's rows alone.
+    assert any(len(set(widths)) > 1 for widths in merged) is mergeable
     assert torch.equal(scores, score_choices(model, tok, prompts, labels, batch_size=1))
     assert (texts, counts) == generate_with_counts(model, tok, prompts[:5], 6, batch_size=3)
     none = score_and_generate(model, tok, prompts, labels, sample=0, max_new_tokens=6)

@@ -66,6 +66,29 @@ def test_packed_prefill_equals_each_prompt_alone_and_decodes_the_same(tiny, monk
 
 
 @torch.no_grad()
+def test_packed_prefill_through_a_peft_adapter(tiny, monkeypatch):
+    """The server packs batches of adapter versions: peft passes the mask, positions and
+    logits_to_keep through to the base model."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = tiny
+    torch.manual_seed(0)
+    peft = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                           init_lora_weights=False)).eval()
+    seqs = _ragged(tok)
+    shared = gen.common_prefix_len(seqs)
+    calls = []
+    real = gen.packed_prefill
+    monkeypatch.setattr(gen, "packed_prefill", lambda *a, **k: calls.append(1) or real(*a, **k))
+    logits = prefill(peft, seqs, shared, tok.pad_token_id, "cpu")[0]
+    assert calls == [1]
+    assert torch.allclose(logits[:, -1], _full_logits(peft, seqs), atol=1e-4)
+    assert not torch.allclose(logits[:, -1], _full_logits(model, seqs), atol=1e-3)  # adapter on
+
+
+@torch.no_grad()
 def test_a_kept_prefix_cache_is_reused_and_left_as_it_was(tiny):
     model, tok = tiny
     seqs = _ragged(tok)

@@ -111,7 +111,7 @@ class _Pending:
         self.template = None  # a cache object to fill (its prefix columns are everyone's)
 
     def add(self, idx: list[int], sel: torch.Tensor, logits, cache, attn, start) -> None:
-        self.mergeable = all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+        self.mergeable = _mergeable(cache)
         if not self.mergeable:
             self.parts.append((idx, logits[sel], _rows_of(cache, sel), attn[sel], start[sel]))
         else:
@@ -143,6 +143,11 @@ class _Pending:
                 head = getattr(self.template.layers[k], name).expand(n, -1, -1, -1)
                 setattr(layer, name, torch.cat([head, rest], dim=2))
         return idx, logits, cache, attn, start
+
+
+def _mergeable(cache) -> bool:
+    """Whether every layer keeps all its keys (a sliding-window layer drops old ones)."""
+    return all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int = 1) -> torch.Tensor:
