@@ -271,6 +271,14 @@ def test_the_template_prefix_runs_once_per_server_and_answers_stay_the_same(serv
     assert pool.prefixes.hits == 3
 
 
+def test_a_template_that_cannot_render_a_lone_user_turn_has_no_template_prefix():
+    class Strict:
+        def apply_chat_template(self, *_a, **_k):
+            raise ValueError("Conversation roles must alternate system/user/assistant")
+
+    assert template_prefix(Strict()) == []
+
+
 def test_prefix_store_keeps_the_longest_shared_prefix_per_version():
     store = PrefixStore(keep=2)
     tok = type("Tok", (), {})()

@@ -25,8 +25,12 @@ KEEP = 8  # prefixes kept per server (SmolLM2: ~46 KB of fp32 cache per token)
 
 
 def template_prefix(tok) -> list[int]:
-    """The tokens every single-turn chat prompt of this template starts with."""
-    a, b = (encode_prompt(tok, [Message("user", text)]) for text in ("a", "z"))
+    """The tokens every single-turn chat prompt of this template starts with ([] when the
+    template cannot render a lone user turn: then batches teach the store instead)."""
+    try:
+        a, b = (encode_prompt(tok, [Message("user", text)]) for text in ("a", "z"))
+    except Exception:  # a template's own rules (roles, system turn): not the request's fault
+        return []
     return a[:common_prefix_len([a, b])]
 
 
