@@ -20,7 +20,6 @@ from tuneloop.evaluate.runner import score_choices
 from tuneloop.evaluate.stats import mean_stat, metric_with_ci
 from tuneloop.files import write_json
 from tuneloop.models.load import choose_placement, load_model, load_tokenizer_for
-from tuneloop.models.prepack import for_inference
 from tuneloop.records import label_set
 from tuneloop.runs import load_run_model
 from tuneloop.train.recipe import train
@@ -56,7 +55,7 @@ def run_quickstart(overrides: list[str] | None = None, quiet: bool = False) -> d
         test = test[: cfg.eval.max_examples]
     placement = choose_placement(cfg.model.device, cfg.model.dtype)
     path, tok = load_tokenizer_for(cfg.model.name)
-    base = for_inference(load_model(path, placement).eval(), placement)
+    base = load_model(path, placement).eval()
     # The base model is prompted with the label list; the fine-tuned one sees its short
     # training prompt, which is the point: the labels live in its weights, not its context.
     base_prompts = [prompted(ex, cfg.task) for ex in test]
@@ -66,7 +65,6 @@ def run_quickstart(overrides: list[str] | None = None, quiet: bool = False) -> d
     run, summary = train(cfg, quiet=quiet)
     t_train = time.perf_counter()
     model, tok, _ = load_run_model(run, placement, merge=True)
-    for_inference(model, placement)
     systems["finetuned"] = evaluate_classifier(model, tok, cfg, test,
                                                [ex.prompt_messages for ex in test], quiet)
     t_end = time.perf_counter()
