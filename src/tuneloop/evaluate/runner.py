@@ -71,7 +71,7 @@ def score_and_generate(model, tok, prompts: Sequence[list[Message]], choices: Se
     encoded = [encode_prompt(tok, m) for m in prompts]
     new_ids: dict[int, list[int]] = {}
     spent = 0.0  # seconds decoding
-    pending = _Pending(common_prefix_len(encoded))  # the prefix score_encoded runs once
+    pending = _Pending()
 
     def flush() -> None:
         nonlocal spent
@@ -82,11 +82,11 @@ def score_and_generate(model, tok, prompts: Sequence[list[Message]], choices: Se
         new_ids.update(zip(idx, new.tolist(), strict=True))
         spent += time.perf_counter() - t0
 
-    def generate(idx: list[int], logits, cache, attn, start) -> None:
+    def generate(idx: list[int], logits, cache, attn, start, shared: int) -> None:
         rows = [r for r, i in enumerate(idx) if i < sample]
         if rows:
             pending.add([idx[r] for r in rows], torch.tensor(rows, device=attn.device), logits,
-                        cache, attn, start)
+                        cache, attn, start, shared)
             if pending.rows >= 4 * batch_size or not pending.mergeable:
                 flush()
 
@@ -105,13 +105,16 @@ class _Pending:
     out a batch. Only for caches of plain full-attention layers; otherwise (`mergeable`
     False) each pass's rows are taken alone."""
 
-    def __init__(self, shared: int):
-        self.shared, self.rows, self.mergeable = shared, 0, True
+    def __init__(self):
+        self.shared, self.rows, self.mergeable = 0, 0, True
         self.parts: list[tuple] = []
         self.template = None  # a cache object to fill (its prefix columns are everyone's)
 
-    def add(self, idx: list[int], sel: torch.Tensor, logits, cache, attn, start) -> None:
-        self.mergeable = _mergeable(cache)
+    def add(self, idx: list[int], sel: torch.Tensor, logits, cache, attn, start,
+            shared: int) -> None:
+        """Set aside rows `sel` (prompts `idx`) of a prompt pass whose first `shared` columns
+        are the prefix every pass shares."""
+        self.mergeable, self.shared = _mergeable(cache), shared
         if not self.mergeable:
             self.parts.append((idx, logits[sel], _rows_of(cache, sel), attn[sel], start[sel]))
         else:
@@ -173,8 +176,8 @@ def score_encoded(model, prompts: list[list[int]], choice_ids: list[list[int]], 
     model is sure of its first token, so this usually means one choice per prompt instead of
     all of them (branch and bound; the argmax is the same).
     Continuations run sorted by length, so little of them is padding. `on_prefill(idx,
-    logits, cache, attn, start)` sees each batch's prompt pass first (it must not change the
-    cache: use _rows_of).
+    logits, cache, attn, start, shared)` sees each batch's prompt pass first (it must not
+    change the cache: use _rows_of); the first `shared` columns are the common prefix.
     """
     n_c = len(choice_ids)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -182,7 +185,7 @@ def score_encoded(model, prompts: list[list[int]], choice_ids: list[list[int]], 
     out = torch.full((len(prompts), n_c), float("-inf"))
     dev = model_device(model)
     first_ids = torch.tensor([c[0] for c in choice_ids], device=dev)
-    prefix = prefix_cache(model, prompts[0][:shared], dev) if shared else None  # once, not per batch
+    prefix = prefix_cache(model, prompts[0][:shared], dev)  # once, not per batch
     with progress(quiet) as bar:
         task = bar.add_task("score", total=len(prompts))
         for idx in _token_batches(order, [len(p) - shared for p in prompts], batch_size):
@@ -190,7 +193,7 @@ def score_encoded(model, prompts: list[list[int]], choice_ids: list[list[int]], 
                                                  pad, dev, prefix=prefix)
             logits = logits[:, -1]
             if on_prefill is not None:
-                on_prefill(idx, logits, cache, attn, start)
+                on_prefill(idx, logits, cache, attn, start, shared)
             total = torch.log_softmax(logits, -1)[:, first_ids].cpu()  # (b, n_c)
             if exact:
                 every = torch.ones_like(total, dtype=torch.bool)
@@ -336,12 +339,11 @@ def target_nll(model, tok, examples: Sequence[Example], max_len: int = 2048,
     first = [next((j for j, v in enumerate(it.labels) if v != IGNORE), len(it.labels))
              for it in items]
     # The token before a row's first target must be in its own part: its logits score it.
-    shared = min([common_prefix_len([it.input_ids for it in items])] + [f - 1 for f in first])
+    shared = max(0, min([common_prefix_len([it.input_ids for it in items])] + [f - 1 for f in first]))
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     res: list[tuple[float, int, int]] = [(0.0, 0, 0)] * len(items)
     dev = model_device(model)
-    shared = max(shared, 0)
-    prefix = prefix_cache(model, items[0].input_ids[:shared], dev) if shared else None
+    prefix = prefix_cache(model, items[0].input_ids[:shared], dev)
     with progress(quiet) as bar:
         task = bar.add_task("nll", total=len(items))
         for s in range(0, len(order), batch_size):

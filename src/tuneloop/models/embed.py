@@ -27,9 +27,8 @@ def _model():
 
     # A local folder and local_files_only: no hub access, and no process-wide offline switch.
     model = SentenceTransformer(str(embedder_path()), device="cpu", local_files_only=True)
-    # Inference only: fp32 matmuls through reordered weights (models.prepack); under bf16
-    # autocast (_encode) the layers go through nn.Linear as before.
-    prepack_linears(model)
+    if not cpu_has_bf16():  # fp32 runs (_encode): its matmuls through reordered weights
+        prepack_linears(model)
     return model
 
 

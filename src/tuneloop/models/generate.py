@@ -105,7 +105,10 @@ def detached(cache):
 
 
 def prefix_cache(model, ids: list[int], dev):
-    """The batch-1 KV cache of a prompt prefix (reuse it through prefill's `prefix`)."""
+    """The batch-1 KV cache of a prompt prefix (reuse it through prefill's `prefix`); None for
+    an empty prefix."""
+    if not ids:
+        return None
     return cache_of(model(input_ids=torch.tensor([ids], device=dev), use_cache=True,
                           logits_to_keep=1))
 
@@ -196,7 +199,7 @@ def generate_with_counts(model, tok, prompts: Sequence[list[Message]], max_new_t
     counts: list[int] = [0] * len(encoded)
     dev = model_device(model)
     pad = tok.pad_token_id
-    prefix = prefix_cache(model, encoded[0][:shared], dev) if shared else None
+    prefix = prefix_cache(model, encoded[0][:shared], dev)
     with progress(quiet) as bar:
         task = bar.add_task("generate", total=len(encoded))
         for s in range(0, len(order), batch_size):

@@ -113,7 +113,8 @@ def create_app(pool: ModelPool, store: TrafficStore, settings: ServeSettings) ->
     @app.get("/health")
     async def health():
         body: dict[str, Any] = {"status": "ok", "default_model": settings.default_model,
-                                "loaded": pool.loaded_versions(), "batching": dict(pool.stats)}
+                                "loaded": pool.loaded_versions(),
+                                "batching": dict(pool.stats, prefix_reused=pool.prefixes.hits)}
         try:  # the default model as it resolves now (a promotion may have changed it), loaded
             body["default_version"] = await run_in_threadpool(pool.resolve, settings.default_model)
             await run_in_threadpool(pool.handle, body["default_version"], time.monotonic() + 2.0)

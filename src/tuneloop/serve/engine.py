@@ -184,7 +184,7 @@ class ModelPool:
         self._batcher: threading.Thread | None = None
         self._batcher_lock = threading.Lock()
         self._last_batch = 1  # requests in the last batch: how many to wait for (_gather)
-        self.stats = {"batches": 0, "batched_requests": 0, "largest_batch": 0, "prefix_reused": 0}
+        self.stats = {"batches": 0, "batched_requests": 0, "largest_batch": 0}
         self._stops: dict[int, list[int]] = {}  # id(tokenizer) -> stop ids; tokenizers live as long
         self.closing = threading.Event()  # set by close(): every generation stops at its next token
         self._failures: dict[str, tuple[str, str, float]] = {}  # version -> (class, message, when)
@@ -501,7 +501,6 @@ class ModelPool:
                 self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
                 try:
                     gens = self._greedy_batch(group[0][0], [j[1] for j in group], [j[2] for j in group])
-                    self.stats["prefix_reused"] = self.prefixes.hits
                 except BaseException as e:  # the waiting requests get the error, the loop lives on
                     for j in group:
                         j[3].set_exception(e)
