@@ -102,8 +102,8 @@ def measure(args, folder: Path) -> None:
     torch.set_num_threads(args.threads)
     from tuneloop.models.cpu import cpu_kind
     from tuneloop.models.generate import greedy_ids, model_device, stop_ids
+    from tuneloop.models.inference import for_inference
     from tuneloop.models.load import chat_tokenizer, choose_placement, load_model, resolve_model
-    from tuneloop.models.prepack import for_inference
     from tuneloop.models.tokens import encode_prompt
     from tuneloop.records import Message
     from tuneloop.serve.prefixes import PrefixStore

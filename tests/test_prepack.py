@@ -8,8 +8,9 @@ import copy
 import pytest
 import torch
 
+from tuneloop.models.inference import for_inference
 from tuneloop.models.load import Placement
-from tuneloop.models.prepack import available, for_inference, prepack_linears
+from tuneloop.models.prepack import available, prepack_linears
 
 pytestmark = pytest.mark.skipif(not available(), reason="this torch has no oneDNN linear")
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from tuneloop.console import progress
+from tuneloop.evaluate.continuations import continuation_logp
 from tuneloop.models.generate import (
-    cache_kwarg,
     common_prefix_len,
     decode,
     detached,
@@ -28,6 +28,7 @@ from tuneloop.models.generate import (
     prefill,
     prefix_cache,
     reply,
+    rows_of,
     stop_ids,
 )
 from tuneloop.models.tokens import IGNORE, encode, encode_prompt, end_of_turn_id
@@ -116,11 +117,11 @@ class _Pending:
         are the prefix every pass shares."""
         self.mergeable, self.shared = _mergeable(cache), shared
         if not self.mergeable:
-            self.parts.append((idx, logits[sel], _rows_of(cache, sel), attn[sel], start[sel]))
+            self.parts.append((idx, logits[sel], rows_of(cache, sel), attn[sel], start[sel]))
         else:
             s = self.shared
             if self.template is None:
-                self.template = _rows_of(cache, sel[:1])
+                self.template = rows_of(cache, sel[:1])
                 for layer in self.template.layers:
                     layer.keys, layer.values = layer.keys[:, :, :s].clone(), layer.values[:, :, :s].clone()
             kv = [(layer.keys[sel, :, s:], layer.values[sel, :, s:]) for layer in cache.layers]
@@ -177,7 +178,7 @@ def score_encoded(model, prompts: list[list[int]], choice_ids: list[list[int]], 
     all of them (branch and bound; the argmax is the same).
     Continuations run sorted by length, so little of them is padding. `on_prefill(idx,
     logits, cache, attn, start, shared)` sees each batch's prompt pass first (it must not
-    change the cache: use _rows_of); the first `shared` columns are the common prefix.
+    change the cache: use rows_of); the first `shared` columns are the common prefix.
     """
     n_c = len(choice_ids)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -212,7 +213,7 @@ def _token_batches(order: list[int], lengths: list[int], batch_size: int) -> lis
     Short prompts (a message and the chat template) run many to a batch: a matmul over 64
     rows of 20 tokens runs ~25% faster per token than over 16 (measured, fp32, SmolLM2-135M);
     long ones run fewer, so the batch's KV cache stays small. The choices that follow run in
-    chunks of their own (_pairs_logp), whatever the batch.
+    chunks of their own (evaluate.continuations), whatever the batch.
     """
     budget = 4 * batch_size * 32
     max_prompts = 4 * batch_size
@@ -260,47 +261,8 @@ def _score_pairs(model, cache, attn, start, pick: torch.Tensor, first: torch.Ten
     pairs = [tuple(p) for p in pick.nonzero().tolist()]
     if pairs:
         r, c = torch.tensor(pairs).T
-        total[r, c] = first[r, c] + _pairs_logp(model, cache, attn, start, pairs, choice_ids,
-                                                4 * batch_size)
-
-
-def _rows_of(cache, rows: torch.Tensor):
-    """A cache holding only `rows` of `cache`, which stays as it is (models.generate.detached:
-    a deep copy would first duplicate every row of every layer, measured 2.4x slower end to
-    end with 77 labels)."""
-    own = detached(cache)
-    if not torch.equal(rows.cpu(), torch.arange(own.layers[0].keys.shape[0])):  # else: all, in order
-        own.batch_select_indices(rows)
-    return own
-
-
-def _pairs_logp(model, cache, attn: torch.Tensor, start: torch.Tensor,
-                pairs: list[tuple[int, int]], choice_ids: list[list[int]],
-                max_rows: int) -> torch.Tensor:
-    """For each (prompt row, choice): summed log p of the choice's tokens after its first.
-
-    Pairs run sorted by length in chunks of `max_rows`, right-padded to the chunk's longest:
-    a pad comes after every real token of its row, so causal attention keeps it out of their
-    scores, and its own score is masked. The prompts' cache is left as it is: each forward
-    works on a cache of its rows (_rows_of).
-    """
-    res = torch.zeros(len(pairs))
-    todo = sorted((k for k, (_, c) in enumerate(pairs) if len(choice_ids[c]) > 1),
-                  key=lambda k: len(choice_ids[pairs[k][1]]))
-    dev = attn.device
-    for s in range(0, len(todo), max_rows):
-        ks = todo[s:s + max_rows]
-        prompt_rows = torch.tensor([pairs[k][0] for k in ks], device=dev)
-        tgt, mask = pad_batch([choice_ids[pairs[k][1]] for k in ks], 0)
-        tgt, mask, width = tgt.to(dev), mask.to(dev), tgt.shape[1]
-        own = _rows_of(cache, prompt_rows)
-        full_attn = torch.cat([attn[prompt_rows], mask[:, :-1]], dim=1)
-        pos = start[prompt_rows] + torch.arange(width - 1, device=dev)[None]
-        logits = model(input_ids=tgt[:, :-1], attention_mask=full_attn, position_ids=pos,
-                       **{cache_kwarg(model): own}).logits.float()
-        lp = torch.log_softmax(logits, -1).gather(2, tgt[:, 1:, None])[..., 0]
-        res[ks] = (lp * mask[:, 1:]).sum(1).cpu()
-    return res
+        total[r, c] = first[r, c] + continuation_logp(model, cache, attn, start, pairs,
+                                                      choice_ids, 4 * batch_size * 8)
 
 
 @torch.no_grad()

@@ -25,8 +25,8 @@ from tuneloop.evaluate.rag import Chunk, Retriever, load_corpus, with_documents
 from tuneloop.evaluate.scoring import PRIMARY, Scored, score
 from tuneloop.evaluate.systems import SystemOutput, run_embedding, run_llm, run_retrieval
 from tuneloop.files import write_json
+from tuneloop.models.inference import for_inference
 from tuneloop.models.load import choose_placement, load_model, load_tokenizer_for
-from tuneloop.models.prepack import for_inference
 from tuneloop.records import label_set
 from tuneloop.runs import load_run_model
 from tuneloop.train.recipe import train

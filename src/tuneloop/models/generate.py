@@ -104,6 +104,16 @@ def detached(cache):
     return own
 
 
+def rows_of(cache, rows: torch.Tensor):
+    """A cache holding only `rows` of `cache`, which stays as it is (detached: a deep copy
+    would first duplicate every row of every layer, measured 2.4x slower end to end with 77
+    labels). All rows in order: no copy at all."""
+    own = detached(cache)
+    if not torch.equal(rows.cpu(), torch.arange(own.layers[0].keys.shape[0])):
+        own.batch_select_indices(rows)
+    return own
+
+
 def prefix_cache(model, ids: list[int], dev):
     """The batch-1 KV cache of a prompt prefix (reuse it through prefill's `prefix`); None for
     an empty prefix."""

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import torch
 
+from tuneloop.models.attention import GQA_SDPA
+
 
 def packable(model) -> bool:
     """Whether this model's prefill can run packed (full attention in every layer, SDPA)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = getattr(base, "config", None)
-    if cfg is None or getattr(cfg, "_attn_implementation", None) != "sdpa":
+    if cfg is None or getattr(cfg, "_attn_implementation", None) not in ("sdpa", GQA_SDPA):
         return False
     if set(getattr(cfg, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
         return False

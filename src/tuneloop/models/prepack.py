@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import types
 
-import psutil
 import torch
 import torch.nn.functional as F
 
@@ -60,16 +59,7 @@ def _forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, self._reordered, bias, "none", [], "")
 
 
-def for_inference(model, placement):
-    """prepack_linears when `placement` runs fp32 on a CPU (bf16 autocast and GPUs keep
-    nn.Linear) and the reordered copy fits in a quarter of the memory available now (a
-    larger model would trade a few percent of speed for swapping); returns the model."""
-    if placement.device == "cpu" and placement.precision == "fp32" and \
-            _linear_bytes(model) <= psutil.virtual_memory().available / 4:
-        prepack_linears(model)
-    return model
-
-
-def _linear_bytes(model) -> int:
+def linear_bytes(model) -> int:
+    """Bytes of the model's nn.Linear weights (what prepack_linears copies)."""
     return sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
                if type(m) is torch.nn.Linear)

@@ -42,8 +42,8 @@ from tuneloop.models.generate import (
     pad_batch,
     stop_ids,
 )
+from tuneloop.models.inference import for_inference
 from tuneloop.models.load import chat_tokenizer, choose_placement, load_model, resolve_model
-from tuneloop.models.prepack import for_inference
 from tuneloop.models.tokens import encode_prompt
 from tuneloop.records import Message
 from tuneloop.registry.registry import REF_RE, Registry, check_safetensors

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 
+from tuneloop.models.attention import attention_of, set_attention
 from tuneloop.models.tokens import IGNORE, Encoded
 
 ATTENTION = "tuneloop_packed_sdpa"
@@ -67,28 +68,6 @@ def attend_packed(module, query, key, value, attention_mask, dropout, scaling, k
                                   dropout=dropout, scaling=scaling, is_causal=True)[0]
            for s, e in itertools.pairwise(b) if e > s]
     return torch.cat(out, dim=1), None
-
-
-def attention_of(model) -> str | None:
-    """The model's attention implementation (transformers offers no public getter for it)."""
-    return model.config._attn_implementation
-
-
-def set_attention(model, name: str, fn: Callable) -> None:
-    """Register `fn` as transformers attention `name` and switch `model` to it.
-
-    Through transformers' own hooks: AttentionInterface.register (an idempotent registry entry,
-    made here, when a run asks for it, never at import) and set_attn_implementation.
-    """
-    # why: as in attend_packed
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-    AttentionInterface.register(name, fn)
-    # Unpacked calls (validation batches, generation) still get sdpa's usual masks.
-    ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    causal_lm.set_attn_implementation(name)
 
 
 def use_packed_attention(model, max_len: int) -> bool:

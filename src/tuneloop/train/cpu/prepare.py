@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
+from tuneloop.models.attention import attention_of, set_attention
 from tuneloop.models.load import compute_dtype
 from tuneloop.train.cpu.lean_layers import use_lean_layers
 from tuneloop.train.cpu.packed_attention import CPU_ATTENTION, packed_sdpa_cpu
-from tuneloop.train.packing import ATTENTION, attention_of, set_attention
+from tuneloop.train.packing import ATTENTION
 
 # model_type -> the RMSNorm and MLP classes whose forward is exactly Llama's (the lean ones
 # apply to those). Gemma 3's norm scales by 1 + weight and its MLP is GELU: no lean layers.
