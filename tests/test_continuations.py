@@ -48,15 +48,41 @@ def test_tree_equals_pair_by_pair(tiny, max_tokens):
     pairs = [(0, c) for c in range(len(LABELS))] + [(1, 0), (1, 1), (1, 6)] + [(3, 3), (3, 4)]
     ref = cont.pairs_logp(model, cache, attn, start, pairs, ids, 64)
     keys = [layer.keys.clone() for layer in cache.layers]
-    out = cont.tree_logp(model, cache, attn, start, pairs, ids, max_tokens)
-    assert torch.allclose(out, ref, atol=1e-4)
+    out, none = cont.tree_logp(model, cache, attn, start, pairs, ids, max_tokens)
+    assert torch.allclose(out, ref, atol=1e-4) and none.shape == (0,)
     assert bool((ref < 0).all())  # every label here has tokens after its first
     assert all(torch.equal(a.keys, b) for a, b in zip(cache.layers, keys, strict=True))
     # And through the grouped-head attention that eval and serve use.
     fast = copy.deepcopy(model)
     assert use_gqa_sdpa(fast)
-    assert torch.allclose(cont.tree_logp(fast, cache, attn, start, pairs, ids, max_tokens), ref,
-                          atol=1e-4)
+    assert torch.allclose(cont.tree_logp(fast, cache, attn, start, pairs, ids, max_tokens)[0],
+                          ref, atol=1e-4)
+
+
+@torch.no_grad()
+def test_probes_get_the_log_p_of_the_prefix_they_share_with_scored_labels(tiny):
+    model, tok = tiny
+    _, cache, attn, start = _prompt_pass(model, tok)
+    ids = _choice_ids(tok)
+    scored = [(0, LABELS.index("card_arrival")), (1, LABELS.index("top_up_failed"))]
+    probes = [(0, LABELS.index("card_linking")), (0, LABELS.index("card")),
+              (1, LABELS.index("top_up_reverted")), (1, LABELS.index("yes")),
+              (2, LABELS.index("card_linking"))]  # row 2 has nothing scored
+    _, bounds = cont.tree_logp(model, cache, attn, start, scored, ids, 512, probes)
+    # Reference: each probe's tokens up to where it parts from the scored label, scored alone.
+    shared = []
+    for (r, c), (_, s) in zip(probes, [scored[0], scored[0], scored[1], scored[1], scored[0]],
+                              strict=True):
+        a, b = ids[c], ids[s]
+        n = next((j for j in range(min(len(a), len(b))) if a[j] != b[j]), min(len(a), len(b)))
+        shared.append(ids[c][:n + 1] if r != 2 else ids[c][:1])  # +1: the parting token's logp
+    ref = cont.pairs_logp(model, cache, attn, start, [(r, j) for j, (r, _) in enumerate(probes)],
+                          shared, 64)
+    assert torch.allclose(bounds, ref, atol=1e-4)
+    assert bounds[0] < 0 and bounds[2] < 0 and bounds[3] == 0 and bounds[4] == 0
+    full = cont.pairs_logp(model, cache, attn, start, probes, ids, 64)
+    assert bool((bounds >= full - 1e-4).all())  # a bound never understates the score
+    assert torch.allclose(bounds[1], full[1], atol=1e-4)  # "card" is all inside "card_arrival"
 
 
 def test_a_tree_runs_each_shared_prefix_once(tiny):
@@ -80,7 +106,8 @@ def test_models_that_cannot_take_a_tree_mask_go_pair_by_pair(tiny, monkeypatch):
     _, cache, attn, start = _prompt_pass(model, tok)
     calls = []
     monkeypatch.setattr(cont, "pairs_logp", lambda *a: calls.append("pairs") or torch.zeros(1))
-    monkeypatch.setattr(cont, "tree_logp", lambda *a: calls.append("tree") or torch.zeros(1))
+    monkeypatch.setattr(cont, "tree_logp",
+                        lambda *a: calls.append("tree") or (torch.zeros(1), torch.zeros(0)))
     cont.continuation_logp(model, cache, attn, start, [(0, 0)], _choice_ids(tok), 64)
     eager = copy.deepcopy(model)
     eager.set_attn_implementation("eager")

@@ -26,12 +26,22 @@ from tuneloop.models.packed import packable
 
 def continuation_logp(model, cache, attn: torch.Tensor, start: torch.Tensor,
                       pairs: list[tuple[int, int]], choice_ids: list[list[int]],
-                      max_tokens: int) -> torch.Tensor:
-    """For each (prompt row, choice): summed log p of the choice's tokens after its first,
-    on the prompt pass's cache (left as it is), `attn` mask and next positions `start`.
-    At most about `max_tokens` label tokens run per forward."""
-    fn = tree_logp if packable(model) else pairs_logp
-    return fn(model, cache, attn, start, pairs, choice_ids, max_tokens)
+                      max_tokens: int, probes: list[tuple[int, int]] = ()
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each (prompt row, choice) of `pairs`: summed log p of the choice's tokens after its
+    first, on the prompt pass's cache (left as it is), `attn` mask and next positions `start`.
+    At most about `max_tokens` label tokens run per forward.
+
+    Also, for each of `probes` (pairs not scored): an upper bound of that sum, from what the
+    forward computed anyway. A tree's nodes give the next-token distribution after every
+    prefix they hold, so a probe sharing a prefix with a scored label gets the log p of its
+    tokens as far as that prefix reaches (`card_linking` after `card_arrival`: the `_` and
+    `link` after `card` and `card_`); the rest would only lower it. 0 where nothing is known.
+    """
+    if not packable(model):
+        return pairs_logp(model, cache, attn, start, pairs, choice_ids, max_tokens), \
+            torch.zeros(len(probes))
+    return tree_logp(model, cache, attn, start, pairs, choice_ids, max_tokens, probes)
 
 
 def pairs_logp(model, cache, attn: torch.Tensor, start: torch.Tensor,
@@ -89,6 +99,17 @@ class _Tree:
             self.targets.append((k, node, ids[j + 1]))
             parent = node
 
+    def known(self, ids: list[int]) -> list[tuple[int, int]]:
+        """(node, next token) for each token of `ids` after its first whose prefix is a node
+        here, as far as the prefixes are nodes."""
+        out = []
+        for j in range(len(ids) - 1):
+            node = self._node.get(tuple(ids[:j + 1]))
+            if node is None:
+                break
+            out.append((node, ids[j + 1]))
+        return out
+
     def __len__(self) -> int:
         return len(self.tokens)
 
@@ -123,9 +144,14 @@ def _trees(pairs: list[tuple[int, int]], choice_ids: list[list[int]],
 
 def tree_logp(model, cache, attn: torch.Tensor, start: torch.Tensor,
               pairs: list[tuple[int, int]], choice_ids: list[list[int]],
-              max_tokens: int) -> torch.Tensor:
+              max_tokens: int, probes: list[tuple[int, int]] = ()
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """continuation_logp with one row per prompt: its labels as a token tree (module doc)."""
     res = torch.zeros(len(pairs))
+    bounds = torch.zeros(len(probes))
+    probes_of: dict[int, list[int]] = {}
+    for j, (r, _) in enumerate(probes):
+        probes_of.setdefault(r, []).append(j)
     trees = sorted(_trees(pairs, choice_ids, max_tokens), key=len)
     dev = attn.device
     s = 0
@@ -149,8 +175,21 @@ def tree_logp(model, cache, attn: torch.Tensor, start: torch.Tensor,
                        position_ids=(start[rows] + pos.to(dev)),
                        **{cache_kwarg(model): rows_of(cache, rows)}).logits
         logp = torch.log_softmax(logits.float(), -1)
-        k, row, node, nxt = zip(*((k, i, node, nxt) for i, t in enumerate(chunk)
-                                  for k, node, nxt in t.targets), strict=True)
-        picked = logp[torch.tensor(row), torch.tensor(node), torch.tensor(nxt)].cpu()
-        res.index_add_(0, torch.tensor(k), picked)
-    return res
+        _add(res, logp, [(k, i, node, nxt) for i, t in enumerate(chunk)
+                         for k, node, nxt in t.targets])
+        # A row split over several trees gets a bound from each: the lowest is the tightest.
+        for i, t in enumerate(chunk):
+            js = probes_of.get(t.row, [])
+            if js:
+                part = torch.zeros(len(probes))
+                _add(part, logp, [(j, i, node, nxt) for j in js
+                                  for node, nxt in t.known(choice_ids[probes[j][1]])])
+                bounds = torch.minimum(bounds, part)
+    return res, bounds
+
+
+def _add(out: torch.Tensor, logp: torch.Tensor, picks: list[tuple[int, int, int, int]]) -> None:
+    """out[k] += logp[row, node, token] for each (k, row, node, token)."""
+    if picks:
+        k, row, node, nxt = (torch.tensor(x) for x in zip(*picks, strict=True))
+        out.index_add_(0, k, logp[row, node, nxt].cpu())
