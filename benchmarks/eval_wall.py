@@ -21,9 +21,9 @@ Measured 2026-12-01 (2-core AMD EPYC), sentiment, 500 test, 2 labels, ISA capped
 the same trained run throughout: 171 s and 176 s (matmul_gflops 172 and 163); 198 s earlier
 that day, before the free-generation sample was decoded in one batch, the prefix cache kept
 across batches and the weights reordered for oneDNN; 230 s before free generation reused the
-scoring pass. banking77, 77 labels, the same way: 508 s, then 392 s once label continuations
-ran as token trees with grouped-query attention (docs/evaluate.md). Target 180 s: met with 2
-labels, not with 77.
+scoring pass. banking77, 77 labels, the same way: 508 s, then 330 s once label continuations
+ran as token trees that also tighten the bounds of the labels left open, with grouped-query
+attention (docs/evaluate.md). Target 180 s: met with 2 labels, not with 77.
 
 To measure an AVX2-only machine on a newer one, cap the kernels' ISA for the whole run:
 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 (the CPU kind
