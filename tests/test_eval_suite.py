@@ -257,3 +257,17 @@ def test_free_generation_runs_on_the_generate_sample_only(trained, tmp_path):
                                                    abs=1e-6)
     assert res["details"]["finetuned"]["generation_sample"] == 3
     assert sum(map(sum, res["details"]["finetuned"]["generation_confusion"]["matrix"])) == 3
+
+
+def test_a_cpu_with_fast_bf16_still_scores_on_the_fp32_paths(trained, monkeypatch):
+    """Eval runs no autocast: on a bf16-capable CPU the models still compute fp32, so they get
+    the fp32 inference paths (reordered linears) there too."""
+    import tuneloop.evaluate.suite as suite
+    from tuneloop.models.load import Placement
+
+    seen = []
+    monkeypatch.setattr(suite, "choose_placement", lambda *a: Placement("cpu", "bf16"))
+    monkeypatch.setattr(suite, "for_inference", lambda model, p: seen.append(p) or model)
+    _ok(["eval", str(trained), "--baselines", "zero_shot", "--limit", "4", "--no-generate",
+         "--quiet", "--bootstrap", "20"])
+    assert seen == [Placement("cpu", "fp32")] * 2  # the base model and the fine-tune

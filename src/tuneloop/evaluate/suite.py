@@ -26,7 +26,7 @@ from tuneloop.evaluate.scoring import PRIMARY, Scored, score
 from tuneloop.evaluate.systems import SystemOutput, run_embedding, run_llm, run_retrieval
 from tuneloop.files import write_json
 from tuneloop.models.inference import for_inference
-from tuneloop.models.load import choose_placement, load_model, load_tokenizer_for
+from tuneloop.models.load import Placement, choose_placement, load_model, load_tokenizer_for
 from tuneloop.records import label_set
 from tuneloop.runs import load_run_model
 from tuneloop.train.recipe import train
@@ -88,6 +88,10 @@ def run_eval(target: str | Path, baselines: str | None = None, seeds: int | None
     if cfg.task.type == "classification" and labels:
         cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"labels": labels})})
     placement = choose_placement(cfg.model.device, cfg.model.dtype)
+    if placement.device == "cpu":
+        # Scoring runs without autocast: on a CPU every system computes in fp32, also where the
+        # CPU has fast bf16, so the fp32 inference paths (models.inference) apply there too.
+        placement = Placement("cpu", "fp32")
     outputs: dict[str, SystemOutput] = {}
     timings: dict[str, float] = {}
     hits = None
