@@ -19,7 +19,6 @@ import torch
 from tuneloop.console import progress
 from tuneloop.errors import TuneloopError
 from tuneloop.models.packed import packable, packed_prefill, padding_share
-from tuneloop.models.roomy_cache import with_room
 from tuneloop.models.tokens import encode_prompt, end_of_turn_id
 from tuneloop.records import Message
 
@@ -171,10 +170,8 @@ def greedy_ids(model, seqs: list[list[int]], shared: int, pad: int, dev, stop: l
 def decode(model, logits: torch.Tensor, cache, attn: torch.Tensor, pos: torch.Tensor, pad: int,
            stop: list[int], max_new_tokens: int) -> torch.Tensor:
     """Greedy decoding after a prompt pass (its last logits, cache, mask and next positions):
-    (b, steps) new ids, pad after a row's stop token. The cache is copied once into buffers
-    with room for the new tokens (models.roomy_cache) and left as it is."""
+    (b, steps) new ids, pad after a row's stop token. The cache grows as tokens are added."""
     dev = logits.device
-    cache = with_room(cache, max_new_tokens)
     stop_t = torch.tensor(stop, device=dev)
     done = torch.zeros(logits.shape[0], dtype=torch.bool, device=dev)
     steps = []
