@@ -82,3 +82,9 @@ def test_models_without_grouped_heads_are_left_alone(tiny):
     eager = copy.deepcopy(tiny)
     eager.set_attn_implementation("eager")
     assert not use_gqa_sdpa(eager)
+
+
+def test_a_torch_without_grouped_sdpa_keeps_transformers_sdpa(tiny, monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "2.4.1+cpu")
+    model = copy.deepcopy(tiny)
+    assert not use_gqa_sdpa(model) and attention_of(model) == "sdpa"

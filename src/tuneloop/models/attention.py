@@ -74,7 +74,13 @@ def use_gqa_sdpa(model) -> bool:
     cfg = base.config
     heads, kv_heads = getattr(cfg, "num_attention_heads", None), getattr(cfg, "num_key_value_heads", None)
     if attention_of(model) != "sdpa" or not heads or not kv_heads or heads == kv_heads \
-            or getattr(cfg, "attn_logit_softcapping", None) or base.device.type != "cpu":
+            or getattr(cfg, "attn_logit_softcapping", None) or base.device.type != "cpu" \
+            or _torch_version() < (2, 5):  # enable_gqa came with torch 2.5
         return False
     set_attention(model, GQA_SDPA, gqa_sdpa)
     return True
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)
