@@ -179,12 +179,12 @@ def tree_logp(model, cache, attn: torch.Tensor, start: torch.Tensor,
                          for k, node, nxt in t.targets])
         # A row split over several trees gets a bound from each: the lowest is the tightest.
         for i, t in enumerate(chunk):
-            js = probes_of.get(t.row, [])
+            js = probes_of.get(t.row)
             if js:
-                part = torch.zeros(len(probes))
-                _add(part, logp, [(j, i, node, nxt) for j in js
+                part = torch.zeros(len(js))
+                _add(part, logp, [(m, i, node, nxt) for m, j in enumerate(js)
                                   for node, nxt in t.known(choice_ids[probes[j][1]])])
-                bounds = torch.minimum(bounds, part)
+                bounds[js] = torch.minimum(bounds[js], part)
     return res, bounds
 
 

@@ -16,14 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.torch_version import TorchVersion
+
+from tuneloop.models.load import causal_lm
 
 GQA_SDPA = "tuneloop_gqa_sdpa"
 
 
 def attention_of(model) -> str | None:
     """The model's attention implementation (transformers offers no public getter for it)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.config._attn_implementation
+    return causal_lm(model).config._attn_implementation
 
 
 def set_attention(model, name: str, fn: Callable) -> None:
@@ -39,8 +41,7 @@ def set_attention(model, name: str, fn: Callable) -> None:
     AttentionInterface.register(name, fn)
     # The masks are sdpa's: the new function reads them as sdpa does.
     ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    causal_lm.set_attn_implementation(name)
+    causal_lm(model).set_attn_implementation(name)
 
 
 def gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -70,17 +71,13 @@ def gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
 def use_gqa_sdpa(model) -> bool:
     """Switch a CPU model on plain sdpa with grouped key/value heads to gqa_sdpa (for
     inference; calls with gradients behave as before). False where nothing changes."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = causal_lm(model)
     cfg = base.config
     heads, kv_heads = getattr(cfg, "num_attention_heads", None), getattr(cfg, "num_key_value_heads", None)
     if attention_of(model) != "sdpa" or not heads or not kv_heads or heads == kv_heads \
             or getattr(cfg, "attn_logit_softcapping", None) or base.device.type != "cpu" \
-            or _torch_version() < (2, 5):  # enable_gqa came with torch 2.5
+            or TorchVersion(torch.__version__) < (2, 5):  # enable_gqa came with torch 2.5
         return False
     set_attention(model, GQA_SDPA, gqa_sdpa)
     return True
 
-
-def _torch_version() -> tuple[int, int]:
-    major, minor = torch.__version__.split(".")[:2]
-    return int(major), int(minor)

@@ -18,6 +18,7 @@ import torch
 
 from tuneloop.console import progress
 from tuneloop.errors import TuneloopError
+from tuneloop.models.load import causal_lm
 from tuneloop.models.packed import packable, packed_prefill, padding_share
 from tuneloop.models.tokens import encode_prompt, end_of_turn_id
 from tuneloop.records import Message
@@ -57,8 +58,8 @@ def positions(attn: torch.Tensor) -> torch.Tensor:
 
 def cache_kwarg(model) -> str:
     """transformers 5.x renamed `past_key_values` to `cache`; accept either generation."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    forward = causal_lm(model).forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def cache_of(output):

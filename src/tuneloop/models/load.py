@@ -165,6 +165,11 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
     return Placement(device, dtype)
 
 
+def causal_lm(model):
+    """The transformers *ForCausalLM inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def load_tokenizer(path: str):
     """The tokenizer in `path`, with a pad token (EOS when it has none)."""
     from transformers import AutoTokenizer  # why: keeps the CLI's start light (module docstring)

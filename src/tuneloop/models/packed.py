@@ -17,12 +17,12 @@ from __future__ import annotations
 import torch
 
 from tuneloop.models.attention import GQA_SDPA
+from tuneloop.models.load import causal_lm
 
 
 def packable(model) -> bool:
     """Whether this model's prefill can run packed (full attention in every layer, SDPA)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = getattr(base, "config", None)
+    cfg = getattr(causal_lm(model), "config", None)
     if cfg is None or getattr(cfg, "_attn_implementation", None) not in ("sdpa", GQA_SDPA):
         return False
     if set(getattr(cfg, "layer_types", None) or ["full_attention"]) != {"full_attention"}:

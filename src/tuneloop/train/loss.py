@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tuneloop.models.load import causal_lm
 from tuneloop.models.tokens import IGNORE
 
 CHUNK_ROWS = 256  # rows x 49k vocab x 4 bytes = 50 MB per chunk at most
@@ -79,11 +80,6 @@ def selective_ok(model) -> bool:
         getattr(c, "is_prompt_learning", False) for c in model.peft_config.values())
 
 
-def _causal_lm(model):
-    """The transformers *ForCausalLM inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 class TargetLoss:
     """Computes (summed NLL, target count) for a batch; call with the (maybe DDP) model."""
 
@@ -94,7 +90,7 @@ class TargetLoss:
         self._armed = False
         self._handle = None
         if self.selective:
-            lm = _causal_lm(unwrapped)
+            lm = causal_lm(unwrapped)
             self.head = lm.get_output_embeddings()
             # A hook, not a direct body call: the forward must go through the DDP wrapper so
             # gradient synchronisation still happens. The handle is kept: `remove` detaches it.

@@ -18,7 +18,7 @@ from accelerate.state import AcceleratorState
 
 from tuneloop.config import MethodConfig, TrainConfig
 from tuneloop.errors import TuneloopError
-from tuneloop.models.load import Placement
+from tuneloop.models.load import Placement, causal_lm
 from tuneloop.models.tokens import IGNORE, Encoded
 from tuneloop.train.batches import eval_batches
 from tuneloop.train.cpu.prepare import cpu_kernels, release_freed_memory
@@ -60,8 +60,7 @@ def shard(model, acc):
     if os.environ.get("FSDP_VERSION", "2") != "2":
         raise TuneloopError("FSDP on CPU is FSDP2 (torch's fully_shard) only; set FSDP_VERSION=2")
     mesh = init_device_mesh("cpu", (acc.num_processes,))
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    wrap = set(getattr(base, "_no_split_modules", None) or ())
+    wrap = set(getattr(causal_lm(model), "_no_split_modules", None) or ())
     for layer in [m for m in model.modules() if type(m).__name__ in wrap]:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
