@@ -80,4 +80,3 @@ def use_gqa_sdpa(model) -> bool:
         return False
     set_attention(model, GQA_SDPA, gqa_sdpa)
     return True
-
